@@ -1,0 +1,30 @@
+"""Array backends: how the optimizer reads, writes and differentiates each array library.
+
+The optimizer never touches an array library directly; it asks `backend_for(obj)` for the
+backend that owns a variable or gradient and goes through the `Backend` protocol. Backends for
+optional frameworks are imported only when an object of that framework shows up, so
+`import nadam` needs NumPy alone.
+"""
+
+from __future__ import annotations
+
+from nadam.backends.base import Backend, DenseGrad, SparseGrad
+from nadam.backends.numpy import NUMPY_BACKEND
+
+__all__ = ["Backend", "DenseGrad", "SparseGrad", "backend_for", "NUMPY_BACKEND"]
+
+
+def _framework_of(obj: object) -> str:
+    return type(obj).__module__.split(".", 1)[0]
+
+
+def backend_for(obj: object) -> Backend | None:
+    """The backend that owns variable `obj`, or None if no backend supports it."""
+    if NUMPY_BACKEND.owns(obj):
+        return NUMPY_BACKEND
+    if _framework_of(obj) == "torch":
+        from nadam.backends.torch import TORCH_BACKEND
+
+        if TORCH_BACKEND.owns(obj):
+            return TORCH_BACKEND
+    return None

@@ -1,0 +1,106 @@
+"""The protocol every array backend implements, and the validated gradient forms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DenseGrad:
+    """A validated dense gradient: `array` has the variable's shape and dtype."""
+
+    array: Any
+
+
+@dataclass(frozen=True)
+class SparseGrad:
+    """A validated row-sparse gradient: `values[i]` belongs to row `indices[i]`.
+
+    `indices` is a 1-D int64 array of the backend (possibly with duplicates), every entry in
+    ``[0, rows)``; `values` has shape ``(len(indices),) + variable.shape[1:]``.
+    """
+
+    values: Any
+    indices: Any
+
+
+Gradient = DenseGrad | SparseGrad
+
+
+class Backend(Protocol):
+    """What the optimizer needs from an array library."""
+
+    name: str
+
+    def owns(self, obj: object) -> bool:
+        """Whether `obj` is a variable of this backend."""
+
+    def describe(self, var: Any) -> str:
+        """A short name for `var` to put in error messages."""
+
+    def check_variable(self, var: Any) -> None:
+        """Raise TypeError/ValueError if `var` cannot be trained (integer dtype, read-only)."""
+
+    def dtype(self, var: Any) -> np.dtype:
+        """The variable's dtype as a NumPy dtype."""
+
+    def shape(self, var: Any) -> tuple[int, ...]: ...
+
+    def device(self, var: Any) -> str:
+        """A hashable device key: variables are grouped by (backend, device, dtype)."""
+
+    def read(self, var: Any) -> Any:
+        """The variable's live array (no copy)."""
+
+    def to_numpy(self, var_or_array: Any) -> np.ndarray:
+        """A NumPy copy of a variable's or array's value."""
+
+    def write(self, var: Any, array: Any) -> None:
+        """Replace the whole value of `var` (same shape and dtype)."""
+
+    def write_rows(self, var: Any, indices: Any, rows: Any) -> None:
+        """Replace rows `indices` (unique) of `var`."""
+
+    def new_slot(self, var: Any, name: str, initial: np.ndarray) -> Any:
+        """A new state variable living beside `var` (same device), holding `initial`."""
+
+    def gradient(self, grad: Any, var: Any) -> Gradient:
+        """Validate `grad` against `var` and return it as a DenseGrad or SparseGrad.
+
+        Raises TypeError for a malformed gradient, ValueError for a shape or dtype mismatch and
+        IndexError for sparse indices out of range; never mutates anything.
+        """
+
+    def dedupe(self, grad: SparseGrad) -> SparseGrad:
+        """Sum the values of repeated indices, unique indices in first-occurrence order."""
+
+    def sqrt(self, array: Any) -> Any: ...
+
+    def square_sum(self, array: Any) -> np.generic:
+        """Sum of squares as a host scalar of the array's dtype."""
+
+    def clip(self, array: Any, low: Any, high: Any) -> Any: ...
+
+    def scale(self, array: Any, factor: Any) -> Any:
+        """`array * factor` with `factor` a host scalar of the array's dtype."""
+
+    def divide(self, array: Any, divisor: Any) -> Any:
+        """`array / divisor` with `divisor` a host scalar of the array's dtype."""
+
+    def gradients(
+        self, loss: Any, variables: Sequence[Any], grad_loss: Any = None
+    ) -> list[Any | None]:
+        """Gradients of `loss` (a zero-argument callable) with respect to `variables`.
+
+        None for a variable the loss does not read.
+        """
+
+    def all_reduce_sum(self, arrays: list[Any]) -> list[Any]:
+        """Sum arrays across data-parallel replicas; identity when not running distributed."""
+
+
+LossFn = Callable[[], Any]

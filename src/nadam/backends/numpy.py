@@ -1,0 +1,241 @@
+"""The NumPy backend: `nadam.Variable`s holding NumPy arrays, and plain writable ndarrays.
+
+Both are updated in place. Gradients for `minimize` come from the `autograd` package, which
+differentiates a loss written with `autograd.numpy` over `Variable.value`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from nadam.backends.base import DenseGrad, SparseGrad
+from nadam.variables import IndexedSlices, Variable, track_reads
+
+TRAINABLE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _import_autograd() -> Any:
+    try:
+        import autograd
+    except ImportError as error:  # pragma: no cover - autograd is a core dependency
+        raise ImportError(
+            "Computing gradients of NumPy losses needs the `autograd` package: "
+            "pip install autograd"
+        ) from error
+    return autograd
+
+
+class NumpyBackend:
+    """Backend for `nadam.Variable`s over NumPy arrays and for plain ndarrays."""
+
+    name = "numpy"
+
+    def owns(self, obj: object) -> bool:
+        if isinstance(obj, Variable):
+            return isinstance(obj._value, np.ndarray)
+        return isinstance(obj, np.ndarray)
+
+    def describe(self, var: Any) -> str:
+        if isinstance(var, Variable):
+            return f"'{var.name}'"
+        return f"ndarray(shape={var.shape}, dtype={var.dtype})"
+
+    def slot_prefix(self, var: Any) -> str:
+        return var.name if isinstance(var, Variable) else "array"
+
+    def check_variable(self, var: Any) -> None:
+        array = self.read(var)
+        if array.dtype not in TRAINABLE_DTYPES:
+            raise TypeError(
+                f"Variable {self.describe(var)} has dtype {array.dtype}; Nadam trains only "
+                "float16, float32 and float64 variables"
+            )
+        if not array.flags.writeable:
+            raise ValueError(f"Variable {self.describe(var)} is a read-only array")
+
+    def dtype(self, var: Any) -> np.dtype:
+        return self.read(var).dtype
+
+    def shape(self, var: Any) -> tuple[int, ...]:
+        return self.read(var).shape
+
+    def device(self, var: Any) -> str:
+        return "cpu"
+
+    def read(self, var: Any) -> np.ndarray:
+        # `_value`, not `.value`: the optimizer's own reads are not the loss reading it.
+        return var._value if isinstance(var, Variable) else var
+
+    def to_numpy(self, var_or_array: Any) -> np.ndarray:
+        if isinstance(var_or_array, Variable):
+            var_or_array = var_or_array._value
+        return np.array(var_or_array, copy=True)
+
+    def write(self, var: Any, array: Any) -> None:
+        np.copyto(self.read(var), array, casting="unsafe")
+
+    def write_rows(self, var: Any, indices: np.ndarray, rows: np.ndarray) -> None:
+        self.read(var)[indices] = rows
+
+    def new_slot(self, var: Any, name: str, initial: np.ndarray) -> Variable:
+        return Variable(initial, name=name, dtype=initial.dtype, trainable=False)
+
+    # --- gradients ---------------------------------------------------------------------
+    def _as_array(self, value: Any, var: Any, what: str) -> np.ndarray:
+        if isinstance(value, Variable):
+            value = value._value
+        dtype = self.dtype(var)
+        if isinstance(value, np.ndarray | np.generic):
+            array = np.asarray(value)
+            if array.dtype != dtype:
+                raise ValueError(
+                    f"{what} for variable {self.describe(var)} has dtype {array.dtype}, "
+                    f"but the variable has dtype {dtype}"
+                )
+            return array
+        if isinstance(value, bool) or not isinstance(value, int | float | list | tuple):
+            raise TypeError(
+                f"{what} for variable {self.describe(var)} must be a NumPy array, "
+                f"got {type(value).__name__}"
+            )
+        try:
+            # Python numbers carry no dtype of their own: they take the variable's.
+            return np.asarray(value, dtype=dtype)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"{what} for variable {self.describe(var)} is not numeric: {error}"
+            ) from error
+
+    def gradient(self, grad: Any, var: Any) -> DenseGrad | SparseGrad:
+        if isinstance(grad, IndexedSlices):
+            return self._sparse_gradient(grad, var)
+        array = self._as_array(grad, var, "Gradient")
+        if array.shape != self.shape(var):
+            raise ValueError(
+                f"Gradient for variable {self.describe(var)} has shape {array.shape}, "
+                f"but the variable has shape {self.shape(var)}"
+            )
+        return DenseGrad(array)
+
+    def _sparse_gradient(self, grad: IndexedSlices, var: Any) -> SparseGrad:
+        shape = self.shape(var)
+        name = self.describe(var)
+        if len(shape) == 0:
+            raise ValueError(f"Sparse gradient for scalar variable {name}: it has no rows")
+        values = self._as_array(grad.values, var, "IndexedSlices values")
+        indices = np.asarray(grad.indices)
+        if indices.dtype.kind not in "iu" and not (indices.size == 0 and indices.ndim == 1):
+            raise TypeError(
+                f"IndexedSlices indices for variable {name} must be integers, "
+                f"got dtype {indices.dtype}"
+            )
+        if indices.ndim != 1:
+            raise ValueError(
+                f"IndexedSlices indices for variable {name} must be 1-D, got shape {indices.shape}"
+            )
+        expected = (indices.shape[0], *shape[1:])
+        if values.shape != expected:
+            raise ValueError(
+                f"IndexedSlices values for variable {name} have shape {values.shape}, "
+                f"expected {expected} ({indices.shape[0]} indices, rows of shape {shape[1:]})"
+            )
+        if grad.dense_shape is not None and tuple(grad.dense_shape) != shape:
+            raise ValueError(
+                f"IndexedSlices dense_shape {tuple(grad.dense_shape)} does not match "
+                f"variable {name} of shape {shape}"
+            )
+        if indices.size:
+            low, high = indices.min(), indices.max()
+            if low < 0 or high >= shape[0]:
+                bad = low if low < 0 else high
+                raise IndexError(
+                    f"IndexedSlices index {int(bad)} is out of range for variable {name} "
+                    f"with {shape[0]} rows"
+                )
+        return SparseGrad(values, indices.astype(np.int64, copy=False))
+
+    def dedupe(self, grad: SparseGrad) -> SparseGrad:
+        indices = grad.indices
+        unique, first, inverse = np.unique(indices, return_index=True, return_inverse=True)
+        if unique.size == indices.size:
+            return grad
+        order = np.argsort(first, kind="stable")  # first-occurrence order, as tf.unique
+        position = np.empty_like(order)
+        position[order] = np.arange(order.size)
+        summed = np.zeros((unique.size, *grad.values.shape[1:]), dtype=grad.values.dtype)
+        # np.add.at adds in index order from zero, as TF's unsorted_segment_sum does on CPU.
+        np.add.at(summed, position[inverse.reshape(-1)], grad.values)
+        return SparseGrad(summed, unique[order])
+
+    # --- array maths used by clipping and the reference kernel ------------------------------
+    def sqrt(self, array: Any) -> Any:
+        return np.sqrt(array)
+
+    def square_sum(self, array: np.ndarray) -> np.generic:
+        return np.sum(array * array, dtype=array.dtype)
+
+    def clip(self, array: np.ndarray, low: Any, high: Any) -> np.ndarray:
+        return np.clip(array, low, high)
+
+    def scale(self, array: np.ndarray, factor: Any) -> np.ndarray:
+        return array * factor
+
+    def divide(self, array: np.ndarray, divisor: Any) -> np.ndarray:
+        return array / divisor
+
+    def all_reduce_sum(self, arrays: list[Any]) -> list[Any]:
+        return arrays  # NumPy has no process group: one replica.
+
+    def gradients(
+        self, loss: Any, variables: Sequence[Any], grad_loss: Any = None
+    ) -> list[np.ndarray | None]:
+        for var in variables:
+            if not isinstance(var, Variable):
+                raise TypeError(
+                    f"minimize/get_gradients on NumPy needs nadam.Variable objects (the loss "
+                    f"reads them through `.value`); got {type(var).__name__}"
+                )
+        if not callable(loss):
+            raise TypeError(
+                f"The loss must be a zero-argument callable for NumPy variables, got "
+                f"{type(loss).__name__}"
+            )
+        autograd = _import_autograd()
+        reads: set[int] = set()
+
+        def loss_of(values: tuple[Any, ...]) -> Any:
+            saved = [var._value for var in variables]
+            for var, value in zip(variables, values, strict=True):
+                var._value = value
+            try:
+                with track_reads(reads):
+                    return loss()
+            finally:
+                for var, value in zip(variables, saved, strict=True):
+                    var._value = value
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Output seems independent of input")
+            vjp, value = autograd.make_vjp(loss_of)(tuple(var._value for var in variables))
+            value_shape = np.shape(value)
+            if grad_loss is None:
+                cotangent = np.ones(value_shape, dtype=np.result_type(value))
+            else:
+                cotangent = np.asarray(grad_loss, dtype=np.result_type(value))
+                if cotangent.shape != value_shape:
+                    raise ValueError(
+                        f"grad_loss has shape {cotangent.shape}, but the loss has shape "
+                        f"{value_shape}"
+                    )
+            grads = vjp(cotangent)
+        return [
+            np.asarray(grad, dtype=var.dtype) if id(var) in reads else None
+            for var, grad in zip(variables, grads, strict=True)
+        ]
+
+
+NUMPY_BACKEND = NumpyBackend()
