@@ -54,8 +54,8 @@ def nadam_scalars(
 
     Example:
         >>> s, prod = nadam_scalars("float32", iterations=0, momentum_cache=1.0)
-        >>> float(prod)  # mu_1 = 0.9 * (1 - 0.5 * 0.96 ** 0.004)
-        0.45007345
+        >>> print(prod)  # mu_1 = 0.9 * (1 - 0.5 * 0.96 ** 0.004)
+        0.45007348
     """
     dtype = np.dtype(dtype)
     d = dtype.type

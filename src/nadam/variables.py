@@ -66,8 +66,7 @@ class Variable:
 
     Example:
         >>> v = Variable([1.0, 2.0], name="w")
-        >>> v.assign_sub([0.5, 0.5])
-        >>> v.numpy()
+        >>> v.assign_sub([0.5, 0.5]).numpy()
         array([0.5, 1.5], dtype=float32)
     """
 
@@ -149,11 +148,21 @@ class Variable:
 
     def assign_add(self, delta: Any) -> Variable:
         """Add `delta` to the value in place. Returns self."""
-        return self.assign(self._value + _unwrap(delta))
+        return self.assign(self._combined(operator.add, delta))
 
     def assign_sub(self, delta: Any) -> Variable:
         """Subtract `delta` from the value in place. Returns self."""
-        return self.assign(self._value - _unwrap(delta))
+        return self.assign(self._combined(operator.sub, delta))
+
+    def _combined(self, op: Callable[[Any, Any], Any], delta: Any) -> Any:
+        delta = _unwrap(delta)
+        try:
+            return op(self._value, delta)
+        except ValueError as error:  # NumPy's broadcast error does not say which variable
+            raise ValueError(
+                f"Cannot update variable '{self._name}' of shape {self.shape} with a value of "
+                f"shape {np.shape(delta)}: {error}"
+            ) from error
 
     # --- conversions -------------------------------------------------------------------
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
