@@ -1,0 +1,154 @@
+"""The command line: ``python -m nadam demo`` (also installed as the ``nadam`` script).
+
+Each subcommand registers itself with `_add_<name>_parser`, which sets `handler` to the function
+that runs it; `main` only parses and dispatches, so a new subcommand touches nothing else.
+
+Example:
+    $ python -m nadam demo --epochs 5 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    # `not value > 0` also rejects nan.
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+# --- demo -------------------------------------------------------------------------------------
+def _add_demo_parser(subparsers: Any) -> None:
+    # Defaults live in nadam.demo; importing it here is cheap (NumPy and autograd only).
+    from nadam import demo
+
+    parser = subparsers.add_parser(
+        "demo",
+        help="train a small MLP on scikit-learn's digits with Nadam on NumPy",
+        description=(
+            "Train a 64-64-10 MLP on scikit-learn's bundled 8x8 digits with nadam.Nadam "
+            "(NumPy variables, autograd gradients) and report the test accuracy. "
+            f"Needs the demo extra: {demo.INSTALL_HINT}"
+        ),
+    )
+    parser.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=demo.DEFAULT_EPOCHS,
+        help="passes over the training set (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=demo.DEFAULT_SEED,
+        help="seeds the initial weights and the batch order (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=demo.DEFAULT_BATCH_SIZE,
+        help="examples per optimizer step (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=_positive_float,
+        default=demo.DEFAULT_LEARNING_RATE,
+        help="Nadam's learning rate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars or per-epoch lines; print only the final accuracy",
+    )
+    parser.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from nadam import demo
+
+    try:
+        result = demo.train(
+            epochs=args.epochs,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            verbose=not args.quiet,
+        )
+    except demo.MissingDemoDependency as error:
+        print(f"nadam demo: {error}", file=sys.stderr)
+        return 1
+    correct = round(result.test_accuracy * result.test_size)
+    print(
+        f"test accuracy: {result.test_accuracy:.2%} ({correct}/{result.test_size} digits) "
+        f"after {len(result.losses)} epochs in {result.seconds:.1f} s"
+    )
+    return 0
+
+
+# --- the parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The `nadam` argument parser, one subparser per subcommand.
+
+    Example:
+        >>> build_parser().parse_args(["demo", "--epochs", "3"]).epochs
+        3
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m nadam",
+        description="Keras 2's Nadam optimizer for NumPy, PyTorch and JAX.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_demo_parser(subparsers)
+    # Further subcommands (e.g. `bench`) go here: an `_add_bench_parser(subparsers)` that
+    # calls `parser.set_defaults(handler=...)` with a `(args) -> int` function.
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with `argv` (default: `sys.argv[1:]`); returns the exit status.
+
+    Bad arguments exit through argparse (status 2) with a message naming the argument.
+
+    Example:
+        >>> main(["demo", "--quiet", "--epochs", "1"])  # doctest: +SKIP
+        test accuracy: ...
+        0
+    """
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
