@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -146,3 +148,24 @@ def test_missing_hooks_say_what_is_missing():
     x = Variable(np.ones(2), name="x")
     with pytest.raises(NotImplementedError, match="DenseOnly"):
         DenseOnly().apply_gradients([(np.ones(2), x)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_decay_matches_keras_optimizer_v2(dtype):
+    # The base contract's time-inverse decay, bit for bit against Keras 2's OptimizerV2 (SGD
+    # without momentum: x -= lr / (1 + decay * iterations) * g).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    import tf_keras
+
+    rng = np.random.default_rng(4)
+    x0 = rng.standard_normal(5).astype(dtype)
+    keras_var = tf.Variable(x0)
+    keras_opt = tf_keras.optimizers.legacy.SGD(learning_rate=0.1, decay=0.3)
+    ours = Variable(x0, name="x")
+    opt = MomentumSGD(learning_rate=0.1, momentum=0.0, decay=0.3)
+    for _ in range(5):
+        g = rng.standard_normal(5).astype(dtype)
+        keras_opt.apply_gradients([(tf.constant(g), keras_var)])
+        opt.apply_gradients([(g, ours)])
+    np.testing.assert_array_equal(ours.numpy(), keras_var.numpy())

@@ -281,15 +281,19 @@ def test_exponential_decay_schedule_drives_the_steps(spec_step):
 
 def test_decay_is_time_inverse_learning_rate_decay(spec_step):
     # SPEC 4.1: lr_t = lr / (1 + decay * iterations), iterations before the increment.
+    # Like the rate, decay goes through float32 first: Keras's `tf.cast(0.1, float64)` makes a
+    # float32 constant of the Python float before the cast (checked against the oracle in
+    # test_custom_optimizer.py).
     x = _x(np.float64)
-    opt = Nadam(learning_rate=0.1, decay=0.5)
+    opt = Nadam(learning_rate=0.1, decay=0.1)
     g = G3.astype(np.float64)
     lr32 = np.float64(np.float32(0.1))  # np.float64: the spec step must not round it again
-    for _ in range(3):
+    for _ in range(4):
         opt.apply_gradients([(g, x)])
-    hand_lrs = [lr32 / (1 + 0.5 * it) for it in range(3)]  # 0.1, 0.0667, 0.05
-    want = _run_spec(spec_step, _x(np.float64).numpy(), [g, g, g], hand_lrs)[0]
-    np.testing.assert_allclose(x.numpy(), want, rtol=1e-13)
+    decay32 = float(np.float32(0.1))
+    hand_lrs = [lr32 / (1 + decay32 * it) for it in range(4)]  # 0.1, 0.0909, 0.0833, 0.0769
+    want = _run_spec(spec_step, _x(np.float64).numpy(), [g] * 4, hand_lrs)[0]
+    np.testing.assert_allclose(x.numpy(), want, rtol=1e-14)
 
     # The first step is undecayed; the second uses exactly two thirds of the rate.
     plain, decayed = _x(np.float64), _x(np.float64)
