@@ -155,3 +155,19 @@ def test_repeated_minimize_descends(spec_step):
         opt.minimize(lambda: anp.sum(w.value**2), [w])
     np.testing.assert_allclose(w.numpy(), want, rtol=1e-12)
     assert np.all(np.abs(w.numpy()) < [2.0, 3.0])
+
+
+def test_a_failing_loss_restores_the_variables():
+    x = Variable(np.array([1.0, 2.0]), name="x")
+    held = x.value
+    opt = Nadam()
+
+    def loss():
+        _ = x.value * 2
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        opt.minimize(loss, [x])
+    assert x.value is held and type(x.value) is np.ndarray
+    np.testing.assert_array_equal(x.numpy(), [1.0, 2.0])
+    assert opt.weights == []

@@ -499,3 +499,14 @@ def test_public_names():
     assert set(nadam.__all__) >= {"Nadam", "Optimizer", "Variable", "IndexedSlices"}
     assert issubclass(nadam.Nadam, nadam.Optimizer)
     assert repr(Nadam()) == "<Nadam 'Nadam' iterations=0>"
+
+
+def test_float16_variables(spec_step):
+    x = Variable(np.array([1.0, -2.0, 3.0], np.float16), name="half")
+    opt = Nadam(learning_rate=0.01)
+    g = np.array([0.1, -0.5, 2.0], np.float16)
+    for _ in range(3):
+        opt.apply_gradients([(g, x)])
+    assert [w.dtype for w in opt.get_weights()] == [np.int64] + [np.float16] * 3
+    want = _run_spec(spec_step, np.array([1.0, -2.0, 3.0]), [g] * 3, [0.01] * 3)[0]
+    np.testing.assert_allclose(x.numpy(), want, rtol=2e-3)
