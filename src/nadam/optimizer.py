@@ -334,6 +334,7 @@ class Optimizer:
     ) -> Any:
         """Create (or return the existing) slot `slot_name` for `var`, beside it in memory."""
         backend = self._backend_of(var)
+        backend.check_variable(var)
         slots = self._slots.get(id(var), {})
         if slot_name in slots:
             return slots[slot_name]

@@ -21,7 +21,7 @@ def dense_step(
     Example:
         >>> import numpy as np
         >>> from nadam.nadam import nadam_scalars
-        >>> s = nadam_scalars(np.dtype("float32"), iterations=0, momentum_cache=1.0)
+        >>> s, _ = nadam_scalars(np.dtype("float32"), iterations=0, momentum_cache=1.0)
         >>> one = np.ones(2, np.float32)
         >>> dense_step(one, one, 0 * one, 0 * one, s, np.sqrt)[0]
         array([0.999, 0.999], dtype=float32)
