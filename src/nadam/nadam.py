@@ -29,6 +29,15 @@ def _keras_cast(value: Any, dtype: np.dtype) -> np.generic:
     return dtype.type(value)
 
 
+def _flush_subnormal(value: np.generic) -> np.generic:
+    # TensorFlow's CPU kernels flush float32/float64 subnormals to zero, so Keras's momentum
+    # cache becomes exactly 0 once the product underflows (float32 with the defaults: from
+    # step 111 on; float64: step 976), where NumPy would keep a subnormal. float16 keeps them.
+    if value.dtype != np.float16 and 0 < abs(value) < np.finfo(value.dtype).tiny:
+        return value.dtype.type(0)
+    return value
+
+
 def _pow(base: np.generic, exponent: np.generic) -> np.generic:
     # NumPy's float32 power is not correctly rounded, TensorFlow's is: go through float64.
     if base.dtype == np.float64:
@@ -65,8 +74,8 @@ def nadam_scalars(
     decay_base, decay = d(_DECAY_BASE), d(schedule_decay)
     mu_t = beta_1_t * (one - half * _pow(decay_base, decay * local_step))
     mu_t1 = beta_1_t * (one - half * _pow(decay_base, decay * next_step))
-    prod = d(momentum_cache) * mu_t
-    prod1 = prod * mu_t1
+    prod = _flush_subnormal(_flush_subnormal(d(momentum_cache)) * mu_t)
+    prod1 = _flush_subnormal(prod * mu_t1)
     scalars = NadamScalars(
         lr=lr_t,
         beta_1=beta_1_t,
