@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nadam import schedules
+from nadam import schedules, tf_math
 from nadam.schedules import (
     CosineDecay,
     CosineDecayRestarts,
@@ -246,14 +246,14 @@ def test_subnormal_results_are_flushed_to_zero() -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc is Linux's C library")
 def test_c_float_math_is_available_on_linux() -> None:
     # Without it float32 cosine schedules can differ from Keras by hundreds of units.
-    assert schedules._C_FLOAT_MATH is not None
+    assert tf_math.C_FLOAT_MATH is not None
 
 
 def test_float32_transcendentals_fall_back_to_rounded_float64(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     reference = [float(s(step)) for s in ALL_SCHEDULES for step in range(0, 300, 11)]
-    monkeypatch.setattr(schedules, "_C_FLOAT_MATH", None)
+    monkeypatch.setattr(tf_math, "C_FLOAT_MATH", None)
     fallback = [float(s(step)) for s in ALL_SCHEDULES for step in range(0, 300, 11)]
     np.testing.assert_allclose(fallback, reference, rtol=1e-6, atol=1e-9)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from nadam import kernels
+from nadam import kernels, tf_math
 from nadam.backends import Backend, backend_for
 from nadam.kernels import NadamScalars
 from nadam.optimizer import Optimizer, _is_real_number
@@ -36,13 +36,6 @@ def _flush_subnormal(value: np.generic) -> np.generic:
     if value.dtype != np.float16 and 0 < abs(value) < np.finfo(value.dtype).tiny:
         return value.dtype.type(0)
     return value
-
-
-def _pow(base: np.generic, exponent: np.generic) -> np.generic:
-    # NumPy's float32 power is not correctly rounded, TensorFlow's is: go through float64.
-    if base.dtype == np.float64:
-        return base**exponent
-    return base.dtype.type(np.float64(base) ** np.float64(exponent))
 
 
 def nadam_scalars(
@@ -72,8 +65,8 @@ def nadam_scalars(
     one, half = d(1), d(0.5)
     local_step, next_step = d(iterations + 1), d(iterations + 2)
     decay_base, decay = d(_DECAY_BASE), d(schedule_decay)
-    mu_t = beta_1_t * (one - half * _pow(decay_base, decay * local_step))
-    mu_t1 = beta_1_t * (one - half * _pow(decay_base, decay * next_step))
+    mu_t = beta_1_t * (one - half * tf_math.pow(decay_base, decay * local_step))
+    mu_t1 = beta_1_t * (one - half * tf_math.pow(decay_base, decay * next_step))
     prod = _flush_subnormal(_flush_subnormal(d(momentum_cache)) * mu_t)
     prod1 = _flush_subnormal(prod * mu_t1)
     scalars = NadamScalars(
@@ -87,7 +80,7 @@ def nadam_scalars(
         mu_t1=mu_t1,
         one_minus_prod=one - prod,
         one_minus_prod1=one - prod1,
-        v_correction=one - _pow(beta_2_t, local_step),
+        v_correction=one - tf_math.pow(beta_2_t, local_step),
     )
     return scalars, prod
 

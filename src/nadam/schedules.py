@@ -35,15 +35,17 @@ Example:
 from __future__ import annotations
 
 import abc
-import ctypes
-import ctypes.util
 import functools
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import numpy as np
+
+from nadam.tf_math import cos as _cos
+from nadam.tf_math import flush as _flush
+from nadam.tf_math import log as _log
+from nadam.tf_math import pow as _pow
 
 __all__ = [
     "CosineDecay",
@@ -103,84 +105,6 @@ def _float_dtype(value: Any) -> np.dtype:
         return array.dtype
     # Integers would make Keras compute in int32, which truncates or fails; Keras's float wins.
     return np.dtype(np.float32)
-
-
-def _load_c_float_math() -> Any:
-    """The C library's float32 `powf`, `cosf` and `logf`, or None where it cannot be loaded.
-
-    TensorFlow's scalar float32 kernels call exactly these, and they are not correctly rounded
-    (glibc's `powf` is off by one unit on about 0.1 % of inputs, `cosf` on about 1 %). Rounding a
-    float64 result instead agrees to one unit, but Keras's cosine schedules subtract nearly equal
-    numbers (`1 + cos(x)` near the end of a period), which turns that unit into hundreds in the
-    learning rate, so matching Keras there needs the very same functions.
-    """
-    candidates = ["libm.so.6", "libm.dylib", "/usr/lib/libSystem.B.dylib"]
-    if sys.platform == "win32":
-        return None  # MSVC's powf lives in headers and the UCRT; keep the portable fallback
-    for name in [*candidates, None]:
-        # find_library runs external tools, so it is only the last resort.
-        path = name if name is not None else ctypes.util.find_library("m")
-        if path is None:
-            continue
-        try:
-            library = ctypes.CDLL(path)
-            for function, arity in (("powf", 2), ("cosf", 1), ("logf", 1)):
-                getattr(library, function).restype = ctypes.c_float
-                getattr(library, function).argtypes = [ctypes.c_float] * arity
-        except (OSError, AttributeError):
-            continue
-        if library.powf(2.0, 10.0) == 1024.0 and library.cosf(0.0) == 1.0:
-            return library
-    return None
-
-
-_C_FLOAT_MATH = _load_c_float_math()
-
-_FLUSHED = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _flush(x: np.generic) -> np.generic:
-    """Subnormal to zero: TensorFlow runs its CPU kernels with flush-to-zero and
-    denormals-are-zero on, so Keras returns 0.0 where IEEE arithmetic gives a subnormal."""
-    if x.dtype in _FLUSHED and 0 < abs(x) < np.finfo(x.dtype).tiny:
-        return np.copysign(x.dtype.type(0), x)
-    return x
-
-
-def _transcendental(name: str, fallback: Callable[..., Any], *args: np.generic) -> np.generic:
-    """`name` (a `math` function) of the arguments, computed as TensorFlow's scalar kernel does.
-
-    float16 and float32 go through the C library's float function when it is available; TF
-    widens float16 to float32 for these too. float64, and float32 without that library, use
-    `math`, which calls the C library's double function (TensorFlow's float64 kernel), rounded to
-    the dtype. `math` raises where C returns inf or nan; NumPy (warnings silenced by the caller)
-    gives those.
-    """
-    dtype = args[0].dtype
-    # Only the result is flushed: the C functions read their arguments' bits, so a subnormal
-    # argument keeps its meaning there (powf(0, 1e-42) is 0, not 1) even under TF's modes.
-    result: Any
-    if dtype.itemsize <= 4 and _C_FLOAT_MATH is not None:
-        result = np.float32(getattr(_C_FLOAT_MATH, name + "f")(*(float(arg) for arg in args)))
-    else:
-        floats = [float(arg) for arg in args]
-        try:
-            result = getattr(math, name)(*floats)
-        except (ValueError, OverflowError):
-            result = fallback(*(np.float64(x) for x in floats))
-    return _flush(np.asarray(result).astype(dtype)[()])
-
-
-def _pow(base: np.generic, exponent: np.generic) -> np.generic:
-    return _transcendental("pow", np.power, base, exponent)
-
-
-def _log(x: np.generic) -> np.generic:
-    return _transcendental("log", np.log, x)
-
-
-def _cos(x: np.generic) -> np.generic:
-    return _transcendental("cos", np.cos, x)
 
 
 def _keras_arithmetic(
