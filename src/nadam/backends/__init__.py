@@ -8,6 +8,8 @@ optional frameworks are imported only when an object of that framework shows up,
 
 from __future__ import annotations
 
+import sys
+
 from nadam.backends.base import Backend, DenseGrad, SparseGrad
 from nadam.backends.numpy import NUMPY_BACKEND
 
@@ -18,11 +20,18 @@ def _framework_of(obj: object) -> str:
     return type(obj).__module__.split(".", 1)[0]
 
 
+def _is_torch_tensor(obj: object) -> bool:
+    # Tensor subclasses defined outside torch (a user's Parameter subclass) are torch tensors
+    # too; torch is only consulted when something has imported it already.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
 def backend_for(obj: object) -> Backend | None:
     """The backend that owns variable `obj`, or None if no backend supports it."""
     if NUMPY_BACKEND.owns(obj):
         return NUMPY_BACKEND
-    if _framework_of(obj) == "torch":
+    if _framework_of(obj) == "torch" or _is_torch_tensor(obj):
         from nadam.backends.torch import TORCH_BACKEND
 
         if TORCH_BACKEND.owns(obj):
