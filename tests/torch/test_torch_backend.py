@@ -206,7 +206,7 @@ def test_minimize_with_a_callable_and_with_a_loss_tensor():
     x = torch.nn.Parameter(torch.tensor(10.0))
     opt = Nadam(learning_rate=0.2)
     assert opt.minimize(lambda: x**2 / 2, [x]) == 1
-    assert round(float(x), 5) == 9.78871
+    assert round(float(x.detach()), 5) == 9.78871
 
     y = torch.nn.Parameter(torch.tensor(10.0))
     other = Nadam(learning_rate=0.2)
