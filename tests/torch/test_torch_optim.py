@@ -201,7 +201,8 @@ def test_state_dict_round_trip_through_torch_save_gives_identical_subsequent_ste
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     assert set(saved["state"]) == {"nadam", 0, 1, 2, 3, 4}
-    assert set(saved["state"][0]) == {"m", "v", "round"} and saved["state"]["nadam"]["iterations"] == 5
+    assert set(saved["state"][0]) == {"m", "v", "round"}
+    assert saved["state"]["nadam"]["iterations"] == 5
 
     model2, embedding2 = copy.deepcopy(model), copy.deepcopy(embedding)
     opt2 = Nadam([{"params": model2.parameters()}, {"params": embedding2.parameters()}])
