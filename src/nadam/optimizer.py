@@ -174,8 +174,9 @@ class Optimizer:
     def _resolve_hyper(self, name: str) -> np.ndarray:
         """The hyperparameter's value for this step as a 0-d array, with Keras's rounding.
 
-        Numbers (also those returned by callables) become float32, as in a Keras hyper
-        variable; arrays returned by callables and schedules keep their own float dtype.
+        Python numbers (also those returned by callables) become float32, as in a Keras hyper
+        variable; NumPy floats and arrays, given or returned, keep their own float dtype, as
+        Keras's hyper variable made from a NumPy float64 value is float64.
         """
         value = self._hyper[name]
         if isinstance(value, schedules.LearningRateSchedule):
@@ -188,7 +189,7 @@ class Optimizer:
         if source:
             self._check_hyper_value(name, array, source)
         python_number = isinstance(result, numbers.Real) and not isinstance(result, np.generic)
-        if python_number or array.dtype.kind != "f" or not source:
+        if python_number or array.dtype.kind != "f":
             return np.asarray(array, dtype=np.float32)
         return array
 
