@@ -142,6 +142,18 @@ def test_as_numpy_view_shares_memory_only_for_contiguous_cpu_tensors():
     assert TORCH_BACKEND.as_numpy_view(np.zeros(3)) is None
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_a_step_between_forward_and_backward_is_caught_by_autograd_as_in_torch(path):
+    # The parameter is saved for backward; updating it in place (through torch ops or a NumPy
+    # view) must make the stale backward fail rather than silently use new values.
+    p = torch.nn.Parameter(torch.ones(4))
+    loss = (p * p).sum()
+    with on_path(path):
+        Nadam().apply_gradients([(torch.ones(4), p)])
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def _foreach_case(seed, dtype):
     """Tensors x, g, m, v of several shapes; the last ones transposed (not contiguous)."""
     rng = np.random.default_rng(seed)

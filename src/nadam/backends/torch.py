@@ -115,7 +115,10 @@ class TorchBackend:
     def as_numpy_view(self, var_or_array: Any) -> np.ndarray | None:
         """A writable zero-copy NumPy view of a contiguous CPU tensor, else None.
 
-        Fused CPU kernels use it to work on parameters, gradients and slots in place.
+        Fused CPU kernels use it to work on parameters, gradients and slots in place. Lending a
+        writable view counts as an in-place write for autograd: the tensor's version counter is
+        bumped, so a backward pass through a graph that saved it fails loudly, as it would
+        after torch's own in-place ops.
 
         Example:
             >>> t = torch.zeros(3)
@@ -134,6 +137,7 @@ class TorchBackend:
             or tensor.is_conj()
         ):
             return None
+        torch.autograd.graph.increment_version(tensor)
         return tensor.detach().numpy()
 
     def to_numpy(self, var_or_array: Any) -> np.ndarray:
