@@ -59,6 +59,15 @@ class Backend(Protocol):
     def to_numpy(self, var_or_array: Any) -> np.ndarray:
         """A NumPy copy of a variable's or array's value."""
 
+    def as_numpy_view(self, var_or_array: Any) -> np.ndarray | None:
+        """A NumPy array sharing memory with a variable's or array's value, without copying.
+
+        Writable wherever the value is (a variable, a slot), so that the fused CPU kernel
+        (`nadam.kernels.cpu`) can update it in place; None where no such view exists (memory
+        not on the CPU, a value that is not an array). Optional: a backend without this method
+        always runs the reference kernel.
+        """
+
     def write(self, var: Any, array: Any) -> None:
         """Replace the whole value of `var` (same shape and dtype)."""
 

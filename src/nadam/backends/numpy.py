@@ -75,6 +75,10 @@ class NumpyBackend:
             var_or_array = var_or_array._value
         return np.array(var_or_array, copy=True)
 
+    def as_numpy_view(self, var_or_array: Any) -> np.ndarray | None:
+        value = var_or_array._value if isinstance(var_or_array, Variable) else var_or_array
+        return value if isinstance(value, np.ndarray) else None
+
     def write(self, var: Any, array: Any) -> None:
         np.copyto(self.read(var), array, casting="unsafe")
 

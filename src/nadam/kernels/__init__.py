@@ -81,3 +81,13 @@ _FAST_PATH_CHOOSERS: list[Callable[[Any, str, np.dtype], KernelChoice | None]] =
 def register_fast_path(chooser: Callable[[Any, str, np.dtype], KernelChoice | None]) -> None:
     """Add a fast-path chooser; later registrations are tried first."""
     _FAST_PATH_CHOOSERS.insert(0, chooser)
+
+
+def _register_builtin_fast_paths() -> None:
+    # `cpu` imports NumPy only; numba is imported when its first step runs.
+    from nadam.kernels import cpu
+
+    register_fast_path(cpu.choose)
+
+
+_register_builtin_fast_paths()

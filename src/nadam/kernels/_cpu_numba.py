@@ -1,0 +1,223 @@
+"""The compiled half of `nadam.kernels.cpu`: Nadam loops over raw CPU memory, built with numba.
+
+Importing this module imports numba, so `kernels.cpu` imports it only when the first step on a
+CPU group runs. Nothing here knows about backends or the optimizer: the dense kernels take a
+table of memory addresses (one row of x, g, m, v per tensor) so that any number of tensors costs
+one call, and the sparse kernels take flat arrays of one variable.
+
+Bit-identity with `kernels.reference` rests on three things: every element-wise operation is
+written in the reference's order and in the arrays' dtype (the per-step scalars arrive in an
+array of that dtype), numba's default strict floating point (no fastmath, so LLVM never
+contracts a multiply and an add into an FMA nor turns a division into a reciprocal), and
+`error_model="numpy"` (IEEE results for division by zero, as NumPy, instead of exceptions,
+which also lets the loops vectorize).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numba
+import numpy as np
+from numba import carray, prange, types
+from numba.extending import intrinsic
+
+CHUNK = 1 << 16
+"""Elements per parallel work item: big enough to amortize scheduling, small enough to balance
+two threads over tensors of any size mix."""
+
+# The order of the per-step scalars in the array the kernels receive (NadamScalars' order).
+LR, BETA_1, BETA_2, ONE_MINUS_BETA_1, ONE_MINUS_BETA_2, EPSILON = range(6)
+ONE_MINUS_MU_T, MU_T1, ONE_MINUS_PROD, ONE_MINUS_PROD1, V_CORRECTION = range(6, 11)
+
+CACHE_PROBLEMS: list[str] = []
+"""Why on-disk caching was turned off for a function (empty when caching works)."""
+
+
+def _jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """`numba.njit` with the compiled code cached on disk, or uncached where that is impossible.
+
+    numba caches next to this file, else in the user's cache directory (or NUMBA_CACHE_DIR);
+    when none is writable (a read-only install and no writable home) it refuses `cache=True`
+    at decoration time. Then every process compiles afresh: slower first step, same results.
+    """
+
+    def decorate(func: Callable[..., Any]) -> Any:
+        try:
+            return numba.njit(cache=True, **options)(func)
+        except RuntimeError as error:  # "cannot cache function ...: no locator available"
+            if not CACHE_PROBLEMS:
+                warnings.warn(
+                    f"nadam: cannot cache the compiled CPU kernel ({error}); each new process "
+                    "compiles it again (a few seconds). Set NUMBA_CACHE_DIR to a writable "
+                    "directory to avoid this.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            CACHE_PROBLEMS.append(f"{func.__name__}: {error}")
+            return numba.njit(cache=False, **options)(func)
+
+    return decorate
+
+
+_KERNEL_OPTIONS = {"error_model": "numpy", "nogil": True}
+
+
+@intrinsic
+def _pointer(typingctx: Any, address: Any, like: Any) -> Any:
+    """A typed pointer to `address`, whose element type is that of array `like`."""
+    pointer_type = types.CPointer(like.dtype)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.inttoptr(args[0], context.get_value_type(pointer_type))
+
+    return pointer_type(types.int64, like), codegen
+
+
+@_jit(**_KERNEL_OPTIONS)
+def _dense_span(x: Any, g: Any, m: Any, v: Any, s: Any) -> None:
+    # The loop runs from 0 over whole arrays: an index LLVM can prove non-negative needs no
+    # wrap-around select, which is what lets it vectorize.
+    lr, beta_1, beta_2, epsilon = s[LR], s[BETA_1], s[BETA_2], s[EPSILON]
+    one_minus_beta_1, one_minus_beta_2 = s[ONE_MINUS_BETA_1], s[ONE_MINUS_BETA_2]
+    one_minus_mu_t, mu_t1 = s[ONE_MINUS_MU_T], s[MU_T1]
+    one_minus_prod, one_minus_prod1 = s[ONE_MINUS_PROD], s[ONE_MINUS_PROD1]
+    v_correction = s[V_CORRECTION]
+    for i in range(x.shape[0]):
+        gi = g[i]
+        g_prime = gi / one_minus_prod
+        mi = beta_1 * m[i] + one_minus_beta_1 * gi
+        m_prime = mi / one_minus_prod1
+        vi = beta_2 * v[i] + one_minus_beta_2 * (gi * gi)
+        v_prime = vi / v_correction
+        m_bar = one_minus_mu_t * g_prime + mu_t1 * m_prime
+        x[i] = x[i] - lr * m_bar / (np.sqrt(v_prime) + epsilon)
+        m[i] = mi
+        v[i] = vi
+
+
+@_jit(**_KERNEL_OPTIONS)
+def _dense_range(table: Any, offsets: Any, lo: int, hi: int, s: Any) -> None:
+    # Elements [lo, hi) of the tensors laid end to end; tensor t holds [offsets[t], offsets[t+1]).
+    t = np.searchsorted(offsets, lo, side="right") - 1
+    itemsize = s.itemsize
+    while lo < hi:
+        end = min(hi, offsets[t + 1])
+        count = end - lo
+        if count > 0:
+            skip = (lo - offsets[t]) * itemsize
+            _dense_span(
+                carray(_pointer(table[t, 0] + skip, s), count),
+                carray(_pointer(table[t, 1] + skip, s), count),
+                carray(_pointer(table[t, 2] + skip, s), count),
+                carray(_pointer(table[t, 3] + skip, s), count),
+                s,
+            )
+        lo = end
+        t += 1
+
+
+@_jit(parallel=True, **_KERNEL_OPTIONS)
+def dense_parallel(table: Any, offsets: Any, s: Any) -> None:
+    """Dense step over all tensors of `table` (rows: x, g, m, v addresses), on all threads."""
+    total = offsets[offsets.shape[0] - 1]
+    for chunk in prange((total + CHUNK - 1) // CHUNK):
+        lo = chunk * CHUNK
+        _dense_range(table, offsets, lo, min(total, lo + CHUNK), s)
+
+
+@_jit(**_KERNEL_OPTIONS)
+def dense_serial(table: Any, offsets: Any, s: Any) -> None:
+    """`dense_parallel` on the calling thread: small groups do not pay the thread wake-up."""
+    _dense_range(table, offsets, 0, offsets[offsets.shape[0] - 1], s)
+
+
+@_jit(**_KERNEL_OPTIONS)
+def _decay(a: Any, factor: Any) -> None:
+    for i in range(a.shape[0]):
+        a[i] = a[i] * factor
+
+
+@_jit(**_KERNEL_OPTIONS)
+def _sparse_row(x: Any, g: Any, m: Any, v: Any, s: Any) -> None:
+    # One indexed row, after its m and v were decayed; `kernels.reference.sparse_step`'s order.
+    negative_lr, epsilon = -s[LR], s[EPSILON]
+    one_minus_beta_1, one_minus_beta_2 = s[ONE_MINUS_BETA_1], s[ONE_MINUS_BETA_2]
+    one_minus_mu_t, mu_t1 = s[ONE_MINUS_MU_T], s[MU_T1]
+    one_minus_prod, one_minus_prod1 = s[ONE_MINUS_PROD], s[ONE_MINUS_PROD1]
+    v_correction = s[V_CORRECTION]
+    for i in range(x.shape[0]):
+        gi = g[i]
+        g_prime = gi / one_minus_prod
+        mi = m[i] + gi * one_minus_beta_1
+        m_prime = mi / one_minus_prod1
+        m_bar = one_minus_mu_t * g_prime + mu_t1 * m_prime
+        vi = v[i] + (gi * gi) * one_minus_beta_2
+        v_prime = vi / v_correction
+        x[i] = x[i] + negative_lr * m_bar / (np.sqrt(v_prime) + epsilon)
+        m[i] = mi
+        v[i] = vi
+
+
+@_jit(**_KERNEL_OPTIONS)
+def _sparse_rows(x: Any, g: Any, indices: Any, m: Any, v: Any, width: int, lo: int, hi: int,
+                 s: Any) -> None:
+    for j in range(lo, hi):
+        row = indices[j] * width
+        gj = j * width
+        _sparse_row(
+            x[row:row + width], g[gj:gj + width], m[row:row + width], v[row:row + width], s
+        )
+
+
+@_jit(parallel=True, **_KERNEL_OPTIONS)
+def sparse_parallel(x: Any, g: Any, indices: Any, m: Any, v: Any, width: int, s: Any) -> None:
+    """Sparse step of one variable: x, m, v flat (rows * width), g flat (len(indices) * width).
+
+    `indices` must be unique and in range: rows are updated in parallel.
+    """
+    total = m.shape[0]
+    for chunk in prange((total + CHUNK - 1) // CHUNK):
+        lo = chunk * CHUNK
+        hi = min(total, lo + CHUNK)
+        _decay(m[lo:hi], s[BETA_1])
+        _decay(v[lo:hi], s[BETA_2])
+    rows = indices.shape[0]
+    rows_per_chunk = max(1, CHUNK // max(width, 1))
+    for chunk in prange((rows + rows_per_chunk - 1) // rows_per_chunk):
+        lo = chunk * rows_per_chunk
+        _sparse_rows(x, g, indices, m, v, width, lo, min(rows, lo + rows_per_chunk), s)
+
+
+@_jit(**_KERNEL_OPTIONS)
+def sparse_serial(x: Any, g: Any, indices: Any, m: Any, v: Any, width: int, s: Any) -> None:
+    """`sparse_parallel` on the calling thread."""
+    _decay(m, s[BETA_1])
+    _decay(v, s[BETA_2])
+    _sparse_rows(x, g, indices, m, v, width, 0, indices.shape[0], s)
+
+
+def signatures(dtype: np.dtype) -> dict[Any, list[Any]]:
+    """The exact signatures each entry point is compiled for, per float dtype."""
+    real = numba.from_dtype(dtype)
+    flat = types.Array(real, 1, "C")
+    table = types.Array(types.int64, 2, "C")
+    offsets = types.Array(types.int64, 1, "C")
+    indices = types.Array(types.int64, 1, "C")
+    dense = types.void(table, offsets, flat)
+    sparse = types.void(flat, flat, indices, flat, flat, types.int64, flat)
+    return {
+        dense_parallel: [dense],
+        dense_serial: [dense],
+        sparse_parallel: [sparse],
+        sparse_serial: [sparse],
+    }
+
+
+def compile_for(dtype: np.dtype) -> None:
+    """Compile (or load from the on-disk cache) every entry point for `dtype`."""
+    for dispatcher, sigs in signatures(np.dtype(dtype)).items():
+        for sig in sigs:
+            dispatcher.compile(sig)
