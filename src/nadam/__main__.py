@@ -1,4 +1,4 @@
-"""The command line: ``python -m nadam demo`` (also installed as the ``nadam`` script).
+"""The command line: ``python -m nadam demo | bench`` (also installed as the ``nadam`` script).
 
 Each subcommand registers itself with `_add_<name>_parser`, which sets `handler` to the function
 that runs it; `main` only parses and dispatches, so a new subcommand touches nothing else.
@@ -10,8 +10,10 @@ Example:
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
@@ -116,6 +118,45 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- bench ------------------------------------------------------------------------------------
+def _bench_script() -> Path:
+    # The benchmark lives in the source repository, next to src/ (it needs the peers' packages).
+    import nadam
+
+    return Path(nadam.__file__).resolve().parents[2] / "benchmarks" / "bench_step.py"
+
+
+def _add_bench_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="time one Nadam step against the memory-bandwidth limit and the other Nadams",
+        description=(
+            "Run benchmarks/bench_step.py from the source repository: by default its quick "
+            "version (1M parameters and a 20-tensor model; nadam, its reference kernel, plain "
+            "NumPy and torch.optim.NAdam when installed), which takes under a minute."
+        ),
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="every case and every peer, as in README's Performance section (~10 minutes)",
+    )
+    parser.set_defaults(handler=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    script = _bench_script()
+    if not script.is_file():
+        print(
+            f"nadam bench: {script} not found; the benchmark ships with the source repository "
+            "(benchmarks/bench_step.py), not with the installed package",
+            file=sys.stderr,
+        )
+        return 1
+    command = [sys.executable, str(script)] + ([] if args.full else ["--quick"])
+    return subprocess.run(command, check=False).returncode
+
+
 # --- the parser -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The `nadam` argument parser, one subparser per subcommand.
@@ -130,8 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo_parser(subparsers)
-    # Further subcommands (e.g. `bench`) go here: an `_add_bench_parser(subparsers)` that
-    # calls `parser.set_defaults(handler=...)` with a `(args) -> int` function.
+    _add_bench_parser(subparsers)
+    # Further subcommands go here: an `_add_<name>_parser(subparsers)` that calls
+    # `parser.set_defaults(handler=...)` with a `(args) -> int` function.
     return parser
 
 

@@ -1,0 +1,633 @@
+"""How fast is one Nadam step, next to the memory-bandwidth limit and to the other Nadams?
+
+One run measures, on this machine:
+1. the limit: a streaming kernel with the step's access pattern (read 4 float32 arrays, write 3),
+   compiled with numba and run on all cores, over as many elements as each case;
+2. one Nadam step for each (case, implementation): the median of repeated steps after warm-up,
+   each implementation in a fresh process;
+3. the peak extra memory of one step on the 64M-parameter case (peak RSS minus RSS before);
+4. the time of the first step in a fresh process, with a cold and a warm compiled-code cache.
+
+It prints markdown tables. Peers that are not installed are skipped with a line saying so.
+
+    python benchmarks/bench_step.py                 # everything (about ten minutes)
+    python benchmarks/bench_step.py --quick         # small cases, fewer steps (under a minute)
+    python benchmarks/bench_step.py --cases 16M --impls nadam torch-foreach
+
+Our optimizer runs through the public `Nadam.apply_gradients`; "nadam (kernel call)" calls the
+fused kernel directly with precomputed scalars, to show what the optimizer's own bookkeeping
+costs on top. Times vary on a shared machine: medians, and the load average is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+LR, BETA_1, BETA_2, EPSILON = 1e-3, 0.9, 0.999, 1e-7
+BYTES_PER_PARAM = 28  # float32: read x, g, m, v and write x, m, v
+
+
+# --- the cases ---------------------------------------------------------------------------------
+def transformer_shapes(total: int = 1 << 24, tensors: int = 200) -> list[tuple[int, ...]]:
+    """`tensors` shapes of a GPT-like model (12 blocks of 16 tensors and the embeddings) whose
+    sizes add up to about `total`."""
+    d, blocks = 320, 12
+    block = [
+        (d,), (d,),  # layer norm
+        (d, d), (d,), (d, d), (d,), (d, d), (d,),  # q, k, v
+        (d, d), (d,),  # attention output
+        (d,), (d,),  # layer norm
+        (d, 4 * d), (4 * d,), (4 * d, d), (d,),  # MLP
+    ]
+    shapes = [s for _ in range(blocks) for s in block]
+    shapes += [(d,), (d,), (1024, d), (2, d), (d, 10), (10,), (d, d)]  # final norm, heads
+    used = sum(int(np.prod(s)) for s in shapes)
+    shapes.append(((total - used) // d, d))  # token embedding takes the rest
+    assert len(shapes) == tensors, len(shapes)
+    return shapes
+
+
+def mlp_shapes(total: int = 100_000, tensors: int = 20) -> list[tuple[int, ...]]:
+    """A ten-layer MLP (weights and biases) of about `total` parameters."""
+    widths = [196, 128, 96, 96, 96, 96, 96, 96, 64, 48, 10]
+    shapes: list[tuple[int, ...]] = []
+    for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+        shapes += [(fan_in, fan_out), (fan_out,)]
+    used = sum(int(np.prod(s)) for s in shapes)
+    shapes[0] = (widths[0] + (total - used) // widths[1], widths[1])
+    assert len(shapes) == tensors
+    return shapes
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    shapes: list[tuple[int, ...]]
+    warmup: int
+    steps: int
+
+    @property
+    def params(self) -> int:
+        return sum(int(np.prod(s)) for s in self.shapes)
+
+
+def cases(quick: bool) -> dict[str, Case]:
+    scale = 4 if quick else 1
+    all_cases = [
+        Case("1M", [(1 << 20,)], 10, 100 // scale),
+        Case("16M", [(1 << 24,)], 5, 30 // scale),
+        Case("64M", [(1 << 26,)], 3, 15 // scale),
+        Case("200 tensors, 16M", transformer_shapes(), 5, 30 // scale),
+        Case("20 tensors, 100k", mlp_shapes(), 50, 1000 // scale),
+    ]
+    return {c.name: c for c in all_cases}
+
+
+QUICK_CASES = ("1M", "20 tensors, 100k")
+MEMORY_CASE = "64M"
+
+
+# --- the implementations, each run inside a worker process --------------------------------------
+class Skip(Exception):
+    """The implementation cannot run here (a peer that is not installed)."""
+
+
+def _arrays(case: Case) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(0)
+    xs = [rng.random(s, dtype=np.float32) - np.float32(0.5) for s in case.shapes]
+    gs = [(rng.random(s, dtype=np.float32) - np.float32(0.5)) * np.float32(0.01)
+          for s in case.shapes]
+    return xs, gs
+
+
+def _import(module: str) -> Any:
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as error:
+        raise Skip(f"{module} is not installed ({error})") from error
+
+
+def setup_nadam(case: Case) -> Callable[[], None]:
+    import nadam
+
+    xs, gs = _arrays(case)
+    variables = [nadam.Variable(x) for x in xs]
+    del xs
+    opt = nadam.Nadam(LR, BETA_1, BETA_2, EPSILON)
+    pairs = list(zip(gs, variables, strict=True))
+    return lambda: opt.apply_gradients(pairs)
+
+
+def setup_nadam_reference(case: Case) -> Callable[[], None]:
+    import nadam
+
+    step = setup_nadam(case)
+
+    def reference_step() -> None:
+        with nadam.kernels.reference_only():
+            step()
+
+    return reference_step
+
+
+def setup_nadam_kernel(case: Case) -> Callable[[], None]:
+    from nadam.backends import NUMPY_BACKEND
+    from nadam.kernels import cpu
+    from nadam.nadam import nadam_scalars
+
+    xs, gs = _arrays(case)
+    ms, vs = [np.zeros_like(x) for x in xs], [np.zeros_like(x) for x in xs]
+    cpu.choose(NUMPY_BACKEND, "cpu", np.dtype(np.float32))
+    state = {"it": 0, "cache": np.float32(1.0)}
+
+    def step() -> None:
+        s, state["cache"] = nadam_scalars(np.float32, state["it"], state["cache"])
+        cpu.apply_dense(NUMPY_BACKEND, xs, gs, ms, vs, s)
+        state["it"] += 1
+
+    return step
+
+
+def _setup_torch(case: Case, foreach: bool) -> Callable[[], None]:
+    torch = _import("torch")
+    xs, gs = _arrays(case)
+    params = [torch.from_numpy(x).requires_grad_() for x in xs]
+    for p, g in zip(params, gs, strict=True):
+        p.grad = torch.from_numpy(g)
+    opt = torch.optim.NAdam(params, lr=LR, betas=(BETA_1, BETA_2), eps=EPSILON, foreach=foreach)
+    return opt.step
+
+
+def setup_torch_forloop(case: Case) -> Callable[[], None]:
+    return _setup_torch(case, foreach=False)
+
+
+def setup_torch_foreach(case: Case) -> Callable[[], None]:
+    return _setup_torch(case, foreach=True)
+
+
+def setup_optax(case: Case) -> Callable[[], None]:
+    jax = _import("jax")
+    optax = _import("optax")
+    xs, gs = _arrays(case)
+    tx = optax.nadam(LR, b1=BETA_1, b2=BETA_2, eps=EPSILON)
+    params = [jax.numpy.asarray(x) for x in xs]
+    grads = [jax.numpy.asarray(g) for g in gs]
+    del xs, gs
+    box = {"params": params, "state": tx.init(params)}
+
+    def update(params: Any, state: Any, grads: Any) -> Any:
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    update = jax.jit(update, donate_argnums=(0, 1))
+
+    def step() -> None:
+        box["params"], box["state"] = update(box["params"], box["state"], grads)
+        jax.block_until_ready(box["params"])
+
+    return step
+
+
+def _setup_tf_keras(case: Case, xla: bool) -> Callable[[], None]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tf = _import("tensorflow")
+    tf_keras = _import("tf_keras")
+    xs, gs = _arrays(case)
+    variables = [tf.Variable(x) for x in xs]
+    grads = [tf.constant(g) for g in gs]
+    del xs, gs
+    opt = tf_keras.optimizers.legacy.Nadam(LR, BETA_1, BETA_2, EPSILON)
+
+    @tf.function(jit_compile=xla)
+    def step() -> None:
+        opt.apply_gradients(zip(grads, variables, strict=True))
+
+    return step
+
+
+def setup_tf_keras(case: Case) -> Callable[[], None]:
+    return _setup_tf_keras(case, xla=False)
+
+
+def setup_tf_keras_xla(case: Case) -> Callable[[], None]:
+    return _setup_tf_keras(case, xla=True)
+
+
+def setup_keras3_jax(case: Case) -> Callable[[], None]:
+    os.environ["KERAS_BACKEND"] = "jax"
+    jax = _import("jax")
+    keras = _import("keras")
+    if keras.backend.backend() != "jax":
+        raise Skip(f"Keras 3 runs on {keras.backend.backend()}, not jax")
+    xs, gs = _arrays(case)
+    variables = [keras.Variable(x) for x in xs]
+    opt = keras.optimizers.Nadam(LR, BETA_1, BETA_2, EPSILON)
+    opt.build(variables)
+    grads = [jax.numpy.asarray(g) for g in gs]
+    del xs, gs
+    box = {
+        "params": [v.value for v in variables],
+        "state": [v.value for v in opt.variables],
+    }
+
+    def update(params: Any, state: Any, grads: Any) -> Any:
+        return opt.stateless_apply(state, grads, params)
+
+    update = jax.jit(update, donate_argnums=(0, 1))
+
+    def step() -> None:
+        box["params"], box["state"] = update(box["params"], box["state"], grads)
+        jax.block_until_ready(box["params"])
+
+    return step
+
+
+def setup_numpy(case: Case) -> Callable[[], None]:
+    """The formula in NumPy, updating x, m and v in place (with the temporaries NumPy makes)."""
+    xs, gs = _arrays(case)
+    ms, vs = [np.zeros_like(x) for x in xs], [np.zeros_like(x) for x in xs]
+    f32 = np.float32
+    state = {"t": 0, "cache": 1.0}
+
+    def step() -> None:
+        state["t"] += 1
+        t = state["t"]
+        mu_t = BETA_1 * (1 - 0.5 * 0.96 ** (0.004 * t))
+        mu_t1 = BETA_1 * (1 - 0.5 * 0.96 ** (0.004 * (t + 1)))
+        prod = state["cache"] * mu_t
+        state["cache"] = prod
+        c_g, c_m = f32((1 - mu_t) / (1 - prod)), f32(mu_t1 / (1 - prod * mu_t1))
+        c_v = f32(1 / (1 - BETA_2**t))
+        for x, g, m, v in zip(xs, gs, ms, vs, strict=True):
+            m *= f32(BETA_1)
+            m += f32(1 - BETA_1) * g
+            v *= f32(BETA_2)
+            v += f32(1 - BETA_2) * (g * g)
+            x -= f32(LR) * (c_g * g + c_m * m) / (np.sqrt(c_v * v) + f32(EPSILON))
+
+    return step
+
+
+@dataclass(frozen=True)
+class Impl:
+    key: str
+    label: str
+    setup: Callable[[Case], Callable[[], None]]
+    peer: bool
+
+
+IMPLS = {
+    impl.key: impl
+    for impl in [
+        Impl("nadam", "**nadam** (`apply_gradients`, fused kernel)", setup_nadam, False),
+        Impl("nadam-kernel", "nadam, fused kernel called directly", setup_nadam_kernel, False),
+        Impl("nadam-reference", "nadam, reference kernel", setup_nadam_reference, False),
+        Impl("torch-forloop", "`torch.optim.NAdam` (for-loop)", setup_torch_forloop, True),
+        Impl("torch-foreach", "`torch.optim.NAdam` (foreach)", setup_torch_foreach, True),
+        Impl("optax", "`optax.nadam` (jit, donated)", setup_optax, True),
+        Impl("tf-keras", "`tf_keras` legacy Nadam (tf.function)", setup_tf_keras, True),
+        Impl("tf-keras-xla", "`tf_keras` legacy Nadam (tf.function, XLA)", setup_tf_keras_xla,
+             True),
+        Impl("keras3-jax", "Keras 3 Nadam (jax, jit, donated)", setup_keras3_jax, True),
+        Impl("numpy", "plain NumPy, in place", setup_numpy, True),
+    ]
+}
+QUICK_IMPLS = ("nadam", "nadam-kernel", "nadam-reference", "torch-foreach", "numpy")
+
+
+# --- measuring inside a worker -------------------------------------------------------------------
+def _memory_kib() -> dict[str, int]:
+    values = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0])
+    return values
+
+
+def _peak_extra_bytes(step: Callable[[], None]) -> int | None:
+    """Peak resident memory during one step minus the resident memory before it (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # resets VmHWM to the current RSS
+        before = _memory_kib()["VmRSS"]
+        step()
+        return max(0, _memory_kib()["VmHWM"] - before) * 1024
+    except OSError:
+        return None
+
+
+def time_steps(step: Callable[[], None], warmup: int, steps: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def worker(impl_key: str, case: Case, memory: bool) -> dict[str, Any]:
+    try:
+        step = IMPLS[impl_key].setup(case)
+    except Skip as why:
+        return {"skipped": str(why)}
+    times = time_steps(step, case.warmup, case.steps)
+    result: dict[str, Any] = {"median_s": float(np.median(times)), "min_s": min(times),
+                              "times_s": times}
+    if memory:
+        result["peak_extra_bytes"] = _peak_extra_bytes(step)
+    return result
+
+
+def stream_worker(case: Case) -> dict[str, Any]:
+    """The limit: all cores streaming through x, g, m, v (read) and x, m, v (write)."""
+    import numba
+
+    chunk = 1 << 16
+
+    @numba.njit(error_model="numpy")
+    def span(x: Any, g: Any, m: Any, v: Any) -> None:
+        for i in range(x.shape[0]):
+            gi = g[i]
+            m[i] = m[i] + gi
+            v[i] = v[i] + gi
+            x[i] = x[i] + gi
+
+    @numba.njit(parallel=True, error_model="numpy")
+    def stream_parallel(x: Any, g: Any, m: Any, v: Any) -> None:
+        n = x.shape[0]
+        for c in numba.prange((n + chunk - 1) // chunk):
+            lo = c * chunk
+            hi = min(n, lo + chunk)
+            span(x[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi])
+
+    n = case.params
+    x, g, m, v = (np.zeros(n, np.float32) for _ in range(4))
+    result: dict[str, Any] = {}
+    for name, kernel in (("parallel", stream_parallel), ("serial", span)):
+        times = time_steps(lambda k=kernel: k(x, g, m, v), max(3, case.warmup), case.steps)
+        result[name] = float(np.median(times))
+        result[f"{name}_best"] = min(times)
+    best = min(("parallel", "serial"), key=result.get)
+    result["median_s"], result["best_s"] = result[best], result[f"{best}_best"]
+    result["gb_per_s"] = BYTES_PER_PARAM * n / result["median_s"] / 1e9
+    result["threading_layer"] = numba.threading_layer()
+    return result
+
+
+def first_step_worker() -> dict[str, Any]:
+    """Import nadam and take one step on a 1M float32 tensor, timing both (fresh process)."""
+    start = time.perf_counter()
+    import nadam
+
+    imported = time.perf_counter()
+    x = nadam.Variable(np.zeros(1 << 20, np.float32))
+    g = np.ones(1 << 20, np.float32)
+    opt = nadam.Nadam()
+    before = time.perf_counter()
+    opt.apply_gradients([(g, x)])
+    first = time.perf_counter()
+    opt.apply_gradients([(g, x)])
+    second = time.perf_counter()
+    return {"import_s": imported - start, "first_step_s": first - before,
+            "second_step_s": second - first}
+
+
+# --- the driver ------------------------------------------------------------------------------
+def run_worker(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    command = [sys.executable, str(HERE), "--worker", *args]
+    result = subprocess.run(command, capture_output=True, text=True, check=False,
+                            env={**os.environ, **(env or {})})
+    if result.returncode != 0:
+        tail = result.stderr.strip().splitlines()[-3:]
+        return {"failed": " | ".join(tail) or f"exit status {result.returncode}"}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    versions = []
+    for module in ("numpy", "numba", "torch", "jax", "optax", "tensorflow", "tf_keras", "keras"):
+        try:
+            versions.append(f"{module} {__import__(module).__version__}")
+        except Exception:  # noqa: BLE001 - only for the report
+            versions.append(f"{module} -")
+    return (f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB; Python "
+            f"{platform.python_version()}; " + ", ".join(versions))
+
+
+def _fmt_ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+def report(selected: dict[str, Case], impls: list[str], results: dict, limits: dict,
+           skipped: dict[str, str]) -> list[str]:
+    lines = [
+        "| case | implementation | ms/step (median) | best step | params/s | fraction of limit "
+        "| fastest peer's time / this |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, case in selected.items():
+        limit = limits.get(name, {}).get("median_s")
+        peers = [results[(name, k)]["median_s"] for k in impls
+                 if IMPLS[k].peer and "median_s" in results.get((name, k), {})]
+        fastest_peer = min(peers) if peers else None
+        if limit:
+            lines.append(f"| {name} | *limit: streaming 28 B/param at "
+                         f"{limits[name]['gb_per_s']:.0f} GB/s* | {_fmt_ms(limit)} | "
+                         f"{_fmt_ms(limits[name]['best_s'])} | {case.params / limit:.2e} | 1 | |")
+        for key in impls:
+            result = results.get((name, key), {})
+            if "median_s" not in result:
+                continue
+            t = result["median_s"]
+            fraction = f"{limit / t:.2f}" if limit else "-"
+            ratio = f"{fastest_peer / t:.2f}×" if fastest_peer else "-"
+            lines.append(f"| {name} | {IMPLS[key].label} | {_fmt_ms(t)} | "
+                         f"{_fmt_ms(result['min_s'])} | {case.params / t:.2e} | {fraction} | "
+                         f"{ratio} |")
+    for key, why in skipped.items():
+        lines.append(f"\nSkipped {IMPLS[key].label}: {why}")
+    return lines
+
+
+def targets(results: dict, limits: dict) -> list[str]:
+    def ms(case: str, key: str) -> float | None:
+        return results.get((case, key), {}).get("median_s")
+
+    lines = []
+    for case, goal in (("16M", 0.9), ("64M", 0.9), ("200 tensors, 16M", 0.85)):
+        ours, limit = ms(case, "nadam"), limits.get(case, {}).get("median_s")
+        if ours and limit:
+            verdict = "met" if limit / ours >= goal else "MISSED"
+            lines.append(f"- {case}: {limit / ours:.2f} of the limit (target ≥ {goal}): {verdict}")
+    for case in ("16M", "64M", "200 tensors, 16M", "1M"):
+        ours = ms(case, "nadam")
+        peers = {k: ms(case, k) for k in IMPLS if IMPLS[k].peer and ms(case, k)}
+        if not ours or not peers:
+            continue
+        best = min(peers, key=peers.get)
+        torch_best = min((peers[k] for k in ("torch-forloop", "torch-foreach") if k in peers),
+                         default=None)
+        line = (f"- {case}: {peers[best] / ours:.2f}× the fastest peer ({IMPLS[best].label}; "
+                f"target ≥ 1.5×: {'met' if peers[best] / ours >= 1.5 else 'MISSED'})")
+        if torch_best:
+            line += (f", {torch_best / ours:.1f}× torch.optim.NAdam (target ≥ 5×: "
+                     f"{'met' if torch_best / ours >= 5 else 'MISSED'})")
+        lines.append(line)
+    ours, torch_foreach = ms("20 tensors, 100k", "nadam"), ms("20 tensors, 100k", "torch-foreach")
+    if ours and torch_foreach:
+        lines.append(f"- 20 tensors, 100k: {_fmt_ms(ours)} ms vs torch foreach "
+                     f"{_fmt_ms(torch_foreach)} ms (target: at most as slow): "
+                     f"{'met' if ours <= torch_foreach else 'MISSED'}")
+    return lines
+
+
+def _combine(rounds: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+    """Median over rounds of every median; the best step over all rounds."""
+    def merged(measurements: list[dict]) -> dict:
+        ok = [m for m in measurements if "median_s" in m]
+        if not ok:
+            return measurements[0]
+        out = dict(ok[0])
+        out["median_s"] = float(np.median([m["median_s"] for m in ok]))
+        for key in ("min_s", "best_s"):
+            if key in out:
+                out[key] = min(m[key] for m in ok)
+        if "gb_per_s" in out:
+            out["gb_per_s"] = ok[0]["gb_per_s"] * ok[0]["median_s"] / out["median_s"]
+        extras = [m["peak_extra_bytes"] for m in ok if m.get("peak_extra_bytes") is not None]
+        if extras:
+            out["peak_extra_bytes"] = max(extras)
+        out["rounds"] = [m["median_s"] for m in ok]
+        out.pop("times_s", None)
+        return out
+
+    limits = {name: merged([r[0][name] for r in rounds]) for name in rounds[0][0]}
+    results = {key: merged([r[1][key] for r in rounds]) for key in rounds[0][1]}
+    return limits, results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="small cases and fewer steps, for a first look")
+    parser.add_argument("--cases", nargs="+", help="case names (default: all, or the quick ones)")
+    parser.add_argument("--impls", nargs="+", choices=list(IMPLS), help="implementations")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every measurement this many times, interleaved (default 1)")
+    parser.add_argument("--no-first-step", action="store_true",
+                        help="skip the first-step timing in fresh processes")
+    parser.add_argument("--json", type=Path, help="also write all measurements here")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        kind, *rest = args.worker
+        all_cases = cases(quick=rest[-1] == "quick") if rest else {}
+        if kind == "step":
+            impl_key, case_name, memory = rest[0], rest[1], rest[2] == "memory"
+            print(json.dumps(worker(impl_key, all_cases[case_name], memory)))
+        elif kind == "stream":
+            print(json.dumps(stream_worker(all_cases[rest[0]])))
+        else:
+            print(json.dumps(first_step_worker()))
+        return 0
+
+    all_cases = cases(args.quick)
+    names = args.cases or (list(QUICK_CASES) if args.quick else list(all_cases))
+    unknown = [n for n in names if n not in all_cases]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; choose from {list(all_cases)}")
+    selected = {n: all_cases[n] for n in names}
+    impls = args.impls or (list(QUICK_IMPLS) if args.quick else list(IMPLS))
+    mode = "quick" if args.quick else "full"
+
+    print(f"Machine: {machine()}")
+    print(f"Command: python {shlex.join([str(Path(sys.argv[0]))] + (argv or sys.argv[1:]))}")
+    print(f"Load average before: {os.getloadavg()[0]:.2f}\n", flush=True)
+    # Rounds interleave everything, so that a busy minute on a shared machine does not land on
+    # one implementation only; each number is the median over rounds of per-process medians.
+    rounds: list[tuple[dict, dict]] = []
+    skipped: dict[str, str] = {}
+    for round_number in range(args.rounds):
+        limits, results = {}, {}
+        for name in selected:
+            limits[name] = run_worker(["stream", name, mode])
+            print(f"[round {round_number + 1}, {name}] limit: {limits[name]}", file=sys.stderr,
+                  flush=True)
+            for key in impls:
+                memory = "memory" if name == MEMORY_CASE else "time"
+                result = run_worker(["step", key, name, memory, mode])
+                results[(name, key)] = result
+                if "skipped" in result:
+                    skipped[key] = result["skipped"]
+                summary = {k: v for k, v in result.items() if k != "times_s"}
+                print(f"[round {round_number + 1}, {name}] {key}: {summary}", file=sys.stderr,
+                      flush=True)
+        rounds.append((limits, results))
+    limits, results = _combine(rounds)
+
+    print(f"## One Nadam step, float32 ({mode} run)\n")
+    print("\n".join(report(selected, impls, results, limits, skipped)))
+    if MEMORY_CASE in selected:
+        print(f"\n## Peak extra memory of one step at {MEMORY_CASE} parameters\n")
+        print("| implementation | extra MiB |\n|---|---:|")
+        for key in impls:
+            extra = results.get((MEMORY_CASE, key), {}).get("peak_extra_bytes")
+            if extra is not None:
+                print(f"| {IMPLS[key].label} | {extra / 2**20:.1f} |")
+    failed = {k: v["failed"] for k, v in results.items() if "failed" in v}
+    for (name, key), why in failed.items():
+        print(f"\nFailed: {IMPLS[key].label} on {name}: {why}")
+
+    if not args.no_first_step and "nadam" in impls:
+        print("\n## First step in a fresh process (1M float32 parameters)\n")
+        print("| compiled-code cache | import nadam (s) | first step (s) | second step (ms) |")
+        print("|---|---:|---:|---:|")
+        with tempfile.TemporaryDirectory() as cache:
+            for label in ("cold (empty)", "warm"):
+                r = run_worker(["first"], {"NUMBA_CACHE_DIR": cache})
+                if "failed" in r:
+                    print(f"| {label} | failed: {r['failed']} | | |")
+                    continue
+                print(f"| {label} | {r['import_s']:.2f} | {r['first_step_s']:.2f} | "
+                      f"{r['second_step_s'] * 1e3:.2f} |")
+
+    print("\n## Targets\n")
+    print("\n".join(targets(results, limits)) or "(no target applies to this selection)")
+    print(f"\nLoad average after: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"limits": limits, "results": {
+            f"{n} | {k}": v for (n, k), v in results.items()}}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
