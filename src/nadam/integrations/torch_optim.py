@@ -265,6 +265,8 @@ class Nadam(torch.optim.Optimizer):
         if "momentum_cache" not in schedule and params:
             schedule["momentum_cache"] = torch.ones((), dtype=params[0].dtype)
         new = [p for p in params if "m" not in self.state.get(p, {})]
+        if not new:
+            return
         rounds = [self.state[p]["round"] for p in self._params_with_state()]
         this_round = max(rounds, default=-1) + 1
         for param in new:
