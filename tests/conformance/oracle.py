@@ -121,6 +121,20 @@ class Twin:
         self.tf_vars: list[tf.Variable] = []
         self.add_variables(arrays)
 
+    @classmethod
+    def of_variables(
+        cls,
+        ours: Nadam,
+        keras: KerasNadam,
+        our_vars: Sequence[Variable],
+        tf_vars: Sequence[tf.Variable],
+        path: str,
+    ) -> Twin:
+        """A twin over variables that already exist (e.g. trained by one side alone)."""
+        twin = cls([], path, ours=ours, keras=keras)
+        twin.our_vars, twin.tf_vars = list(our_vars), list(tf_vars)
+        return twin
+
     def add_variables(self, arrays: Sequence[np.ndarray]) -> None:
         for array in arrays:
             number = len(self.our_vars)
