@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nadam import IndexedSlices, Nadam, Variable
@@ -41,13 +41,19 @@ FIXED_SHAPES = [(), (2, 3, 2)]  # every dense test has a 0-d and a 3-d variable
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=3, deadline=None)
 @given(extra_shapes=variable_shapes, hypers=hyperparameters(), seed=seeds)
+@example(
+    extra_shapes=[(4,)],
+    hypers={"learning_rate": 0.05, "beta_1": 0.8, "beta_2": 0.99, "epsilon": None},
+    seed=1,
+)
+@example(extra_shapes=[(1, 1), (5, 1, 3)], hypers={"beta_1": 0.0, "epsilon": 0.0}, seed=2)
 def test_dense_trajectories_equal_keras(dtype, path, extra_shapes, hypers, seed):
     rng = np.random.default_rng(seed)
     shapes = [*FIXED_SHAPES, *extra_shapes]
     twin = Twin([random_array(rng, s, dtype) for s in shapes], path, **hypers)
     twin.step([random_array(rng, s, dtype) for s in shapes])
     twin.check()
-    for _ in range(59):
+    for _ in range(99):
         twin.step([random_array(rng, s, dtype) for s in shapes])
     twin.check()
 
@@ -58,7 +64,9 @@ def test_dense_trajectories_equal_keras(dtype, path, extra_shapes, hypers, seed)
 @given(sparse_shapes=st.lists(row_shapes, min_size=1, max_size=2), seed=seeds)
 def test_sparse_with_duplicates_mixed_with_dense_equal_keras(dtype, path, sparse_shapes, seed):
     # Variables: a 0-d and a 3-d dense one, then the row-sparse ones. A sparse variable now and
-    # then gets a dense gradient, an empty IndexedSlices or int32 indices instead.
+    # then gets a dense gradient, an empty IndexedSlices or int32 indices instead. Default
+    # betas: with a small beta_1 the m of a row left out for ~30 steps turns subnormal, which
+    # TensorFlow flushes to zero and NumPy keeps (a known difference confined to subnormals).
     rng = np.random.default_rng(seed)
     shapes = [*FIXED_SHAPES, *sparse_shapes]
     twin = Twin([random_array(rng, s, dtype) for s in shapes], path)
