@@ -272,3 +272,19 @@ def test_momentum_cache_underflows_to_zero_as_keras(dtype, path):
         twin.step([np.full(2, 0.5, dtype)])
         twin.check()
     assert twin.ours.momentum_cache.numpy() == 0
+
+
+@pytest.mark.parametrize("path", PATHS)
+@settings(max_examples=2, deadline=None)
+@given(hypers=hyperparameters(), sparse_shape=row_shapes, seed=seeds)
+def test_float16_trajectories_equal_keras(path, hypers, sparse_shape, seed):
+    # Beyond SPEC's two dtypes: float16 is trainable too, and also agrees bit for bit (both
+    # compute each op in float32 and round; TensorFlow keeps float16 subnormals, as NumPy does).
+    rng = np.random.default_rng(seed)
+    shapes = [*FIXED_SHAPES, sparse_shape]
+    twin = Twin([random_array(rng, s, np.float16) for s in shapes], path, **hypers)
+    for step in range(40):
+        grads = [random_array(rng, s, np.float16) for s in FIXED_SHAPES]
+        twin.step([*grads, random_sparse(rng, sparse_shape, np.float16)])
+        if step in (0, 39):
+            twin.check()
