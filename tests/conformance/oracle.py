@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import contextlib  # noqa: E402
 import logging  # noqa: E402
-from collections.abc import Iterator, Sequence  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -29,8 +29,6 @@ from hypothesis.extra.numpy import array_shapes  # noqa: E402
 
 import nadam  # noqa: E402
 from nadam import IndexedSlices, Nadam, Variable  # noqa: E402
-
-__all__ = ["tf", "tf_keras"]
 
 PATHS = ("default", "reference")
 DTYPES = (np.float32, np.float64)
@@ -151,10 +149,6 @@ class Twin:
             self.ours.apply_gradients(ours)
         self.keras.apply_gradients(theirs)
 
-    def run(self, grad_steps: Iterator[Sequence[Any]] | Sequence[Sequence[Any]]) -> None:
-        for grads in grad_steps:
-            self.step(grads)
-
     # --- comparison ------------------------------------------------------------------------
     def state_pairs(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """(label, ours, Keras's) for every variable, slot and the momentum cache."""
@@ -202,10 +196,11 @@ class Twin:
     def check_close(self, ulps: float) -> None:
         """Everything within `ulps` units of roundoff of each array's running scale.
 
-        For steps whose inputs legitimately differ from TF's by a few ulp (clipping by norm):
-        an error of one ulp in a gradient moves `m` by about one ulp of the gradients'
-        magnitude, which `m` itself may fall far below through cancellation, so each array's
-        error is measured against the largest magnitude it has had so far in this run.
+        For steps whose inputs legitimately differ from TF's by a few ulp (clipping by norm,
+        gradients from a different autodiff): an error of one ulp in a gradient moves `m` by
+        about one ulp of the gradients' magnitude, which `m` itself may fall far below through
+        cancellation, so each array's error is measured against the largest magnitude it has
+        had so far in this run.
         Call after every step. The momentum cache and `iterations` never depend on gradients:
         they must stay exact.
         """
@@ -240,8 +235,8 @@ def hyperparameters(draw: st.DrawFn) -> dict[str, Any]:
     """Constructor arguments: each one the default or a random float (rarely float32-exact).
 
     epsilon may be None or 0 (both mean 1e-7 in Keras and here). beta_1 stays at 0 or above
-    0.05: TensorFlow flushes subnormal results to zero and NumPy does not, and a beta_1 near
-    1e-40 would make `beta_1 * m` subnormal.
+    0.05: TensorFlow flushes float32/float64 subnormal results to zero and NumPy does not, so
+    a beta_1 near 1e-40 would make `beta_1 * m` differ in the subnormal range.
     """
     kwargs: dict[str, Any] = {}
     if draw(st.booleans()):
