@@ -257,16 +257,12 @@ class LearningRateSchedule(abc.ABC):
         return f"{type(self).__name__}({arguments})"
 
 
-class ExponentialDecay(LearningRateSchedule):
-    """`initial_learning_rate * decay_rate ** (step / decay_steps)`.
+class _StepDecay(LearningRateSchedule):
+    """Shared by the schedules of `(initial_learning_rate, decay_steps, decay_rate, staircase)`.
 
-    With `staircase=True` the exponent is floored, so the rate drops by `decay_rate` once every
-    `decay_steps` steps instead of continuously.
-
-    Example:
-        >>> schedule = ExponentialDecay(0.1, decay_steps=100, decay_rate=0.5, staircase=True)
-        >>> [float(schedule(step)) for step in (0, 99, 100, 250)]
-        [0.10000000149011612, 0.10000000149011612, 0.05000000074505806, 0.02500000037252903]
+    Both compute `p = step / decay_steps` (floored with `staircase`) and differ only in how
+    `decay_rate` and `p` shrink the initial rate: `_decay`. A negative `decay_rate` is refused
+    (for InverseTimeDecay it would pass through a zero denominator).
     """
 
     def __init__(
@@ -288,16 +284,21 @@ class ExponentialDecay(LearningRateSchedule):
         self.staircase = staircase
         self.name = name
 
+    @abc.abstractmethod
+    def _decay(
+        self, initial_learning_rate: np.generic, decay_rate: np.generic, p: np.generic
+    ) -> np.floating:
+        """The learning rate from the cast arguments and the (floored) progress `p`."""
+
     @_keras_arithmetic
     def __call__(self, step: Step) -> np.floating:
         dtype = _float_dtype(self.initial_learning_rate)
-        initial_learning_rate = _cast(self.initial_learning_rate, dtype)
-        decay_steps = _cast(self.decay_steps, dtype)
-        decay_rate = _cast(self.decay_rate, dtype)
-        p = _step(step, dtype) / decay_steps
+        p = _step(step, dtype) / _cast(self.decay_steps, dtype)
         if self.staircase:
             p = np.floor(p)
-        return initial_learning_rate * _pow(decay_rate, p)
+        return self._decay(
+            _cast(self.initial_learning_rate, dtype), _cast(self.decay_rate, dtype), p
+        )
 
     def get_config(self) -> dict[str, Any]:
         return _plain(
@@ -309,6 +310,24 @@ class ExponentialDecay(LearningRateSchedule):
                 "name": self.name,
             }
         )
+
+
+class ExponentialDecay(_StepDecay):
+    """`initial_learning_rate * decay_rate ** (step / decay_steps)`.
+
+    With `staircase=True` the exponent is floored, so the rate drops by `decay_rate` once every
+    `decay_steps` steps instead of continuously.
+
+    Example:
+        >>> schedule = ExponentialDecay(0.1, decay_steps=100, decay_rate=0.5, staircase=True)
+        >>> [float(schedule(step)) for step in (0, 99, 100, 250)]
+        [0.10000000149011612, 0.10000000149011612, 0.05000000074505806, 0.02500000037252903]
+    """
+
+    def _decay(
+        self, initial_learning_rate: np.generic, decay_rate: np.generic, p: np.generic
+    ) -> np.floating:
+        return initial_learning_rate * _pow(decay_rate, p)
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):
@@ -452,7 +471,7 @@ class PolynomialDecay(LearningRateSchedule):
         )
 
 
-class InverseTimeDecay(LearningRateSchedule):
+class InverseTimeDecay(_StepDecay):
     """`initial_learning_rate / (1 + decay_rate * step / decay_steps)`.
 
     With `staircase=True`, `step / decay_steps` is floored.
@@ -463,47 +482,10 @@ class InverseTimeDecay(LearningRateSchedule):
         [1.0, 0.5, 0.25]
     """
 
-    def __init__(
-        self,
-        initial_learning_rate: Scalar,
-        decay_steps: Scalar,
-        decay_rate: Scalar,
-        staircase: bool = False,
-        name: str | None = None,
-    ) -> None:
-        _check("initial_learning_rate", initial_learning_rate, low=0.0)
-        _check("decay_steps", decay_steps, low=0.0, low_open=True)
-        # A negative rate would pass through a zero denominator.
-        _check("decay_rate", decay_rate, low=0.0)
-        _check_bool("staircase", staircase)
-        _check_name(name)
-        self.initial_learning_rate = initial_learning_rate
-        self.decay_steps = decay_steps
-        self.decay_rate = decay_rate
-        self.staircase = staircase
-        self.name = name
-
-    @_keras_arithmetic
-    def __call__(self, step: Step) -> np.floating:
-        dtype = _float_dtype(self.initial_learning_rate)
-        initial_learning_rate = _cast(self.initial_learning_rate, dtype)
-        decay_steps = _cast(self.decay_steps, dtype)
-        decay_rate = _cast(self.decay_rate, dtype)
-        p = _step(step, dtype) / decay_steps
-        if self.staircase:
-            p = np.floor(p)
-        return initial_learning_rate / (_operand(1, dtype) + decay_rate * p)
-
-    def get_config(self) -> dict[str, Any]:
-        return _plain(
-            {
-                "initial_learning_rate": self.initial_learning_rate,
-                "decay_steps": self.decay_steps,
-                "decay_rate": self.decay_rate,
-                "staircase": self.staircase,
-                "name": self.name,
-            }
-        )
+    def _decay(
+        self, initial_learning_rate: np.generic, decay_rate: np.generic, p: np.generic
+    ) -> np.floating:
+        return initial_learning_rate / (_operand(1, p.dtype) + decay_rate * p)
 
 
 class CosineDecay(LearningRateSchedule):
