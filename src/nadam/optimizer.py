@@ -377,32 +377,11 @@ class Optimizer:
 
         Every length, shape and dtype is checked before anything is written.
         """
-        weights = list(weights)
-        params = self._weights
-        if len(params) != len(weights):
-            raise ValueError(
-                f"You called `set_weights(weights)` on optimizer {self._name} with a weight "
-                f"list of length {len(weights)}, but the optimizer was expecting "
-                f"{len(params)} weights. Provided weights: {str(weights)[:50]}..."
-            )
-        arrays = []
-        for position, (param, weight) in enumerate(zip(params, weights, strict=True)):
-            backend = _backend_of_weight(param)
-            array = np.asarray(weight.numpy() if isinstance(weight, Variable) else weight)
-            shape = tuple(backend.shape(param))
-            if array.shape != shape:
-                raise ValueError(
-                    f"Optimizer weight shape {shape} not compatible with provided weight "
-                    f"shape {array.shape}"
-                )
-            if array.dtype.kind not in "biuf":
-                raise TypeError(
-                    f"Weight {position} given to set_weights has dtype {array.dtype}; "
-                    "expected numbers"
-                )
-            arrays.append(array.astype(backend.dtype(param)))
-        for param, array in zip(params, arrays, strict=True):
-            _backend_of_weight(param).write(param, array)
+        backends = [_backend_of_weight(param) for param in self._weights]
+        shapes = [tuple(b.shape(p)) for b, p in zip(backends, self._weights, strict=True)]
+        arrays = checked_weight_arrays(self._name, shapes, weights)
+        for backend, param, array in zip(backends, self._weights, arrays, strict=True):
+            backend.write(param, array.astype(backend.dtype(param)))
 
     def build(self, var_list: Iterable[Any]) -> None:
         """Create the optimizer's state for `var_list` without taking a step.
@@ -700,6 +679,40 @@ class Optimizer:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} '{self._name}' iterations={int(self._iterations.value)}>"
+
+
+def checked_weight_arrays(
+    optimizer_name: str, shapes: Sequence[tuple[int, ...]], weights: Iterable[Any]
+) -> list[np.ndarray]:
+    """`weights` as NumPy arrays after checking them against `shapes`, with Keras's messages.
+
+    The length first, then every shape and that every entry is numeric; nothing is converted
+    to the targets' dtypes here, and nothing is written.
+    """
+    weights = list(weights)
+    if len(shapes) != len(weights):
+        raise ValueError(
+            f"You called `set_weights(weights)` on optimizer {optimizer_name} with a weight "
+            f"list of length {len(weights)}, but the optimizer was expecting "
+            f"{len(shapes)} weights. Provided weights: {str(weights)[:50]}..."
+        )
+    arrays = []
+    for position, (shape, weight) in enumerate(zip(shapes, weights, strict=True)):
+        if hasattr(weight, "detach"):  # a torch tensor, without importing torch
+            weight = weight.detach().cpu().numpy()
+        array = np.asarray(weight.numpy() if isinstance(weight, Variable) else weight)
+        if array.shape != tuple(shape):
+            raise ValueError(
+                f"Optimizer weight shape {tuple(shape)} not compatible with provided weight "
+                f"shape {array.shape}"
+            )
+        if array.dtype.kind not in "biuf":
+            raise TypeError(
+                f"Weight {position} given to set_weights has dtype {array.dtype}; "
+                "expected numbers"
+            )
+        arrays.append(array)
+    return arrays
 
 
 def _backend_of_weight(weight: Any) -> Backend:

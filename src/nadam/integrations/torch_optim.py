@@ -39,6 +39,7 @@ from nadam.backends.base import DenseGrad, SparseGrad
 from nadam.backends.torch import TORCH_BACKEND
 from nadam.nadam import nadam_scalars
 from nadam.optimizer import Optimizer as _KerasOptimizer
+from nadam.optimizer import checked_weight_arrays
 
 __all__ = ["Nadam"]
 
@@ -419,30 +420,10 @@ class Nadam(torch.optim.Optimizer):
 
         The length and every shape are checked before anything is written.
         """
-        weights = list(weights)
         targets = self._keras_weights()
-        if len(weights) != len(targets):
-            raise ValueError(
-                f"You called `set_weights(weights)` on optimizer Nadam with a weight list of "
-                f"length {len(weights)}, but the optimizer was expecting {len(targets)} "
-                f"weights. Provided weights: {str(weights)[:50]}..."
-            )
-        arrays = []
-        for position, (target, weight) in enumerate(zip(targets, weights, strict=True)):
-            array = np.asarray(
-                weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else weight
-            )
-            if array.shape != tuple(target.shape):
-                raise ValueError(
-                    f"Optimizer weight shape {tuple(target.shape)} not compatible with "
-                    f"provided weight shape {array.shape}"
-                )
-            if array.dtype.kind not in "biuf":
-                raise TypeError(
-                    f"Weight {position} given to set_weights has dtype {array.dtype}; "
-                    "expected numbers"
-                )
-            arrays.append(array)
+        arrays = checked_weight_arrays(
+            "Nadam", [tuple(target.shape) for target in targets], weights
+        )
         for target, array in zip(targets, arrays, strict=True):
             target.copy_(torch.from_numpy(np.array(array, order="C")))
 
