@@ -5,12 +5,15 @@ One run measures, on this machine:
    compiled with numba and run on all cores, over as many elements as each case;
 2. one Nadam step for each (case, implementation): the median of repeated steps after warm-up,
    each implementation in a fresh process;
-3. the peak extra memory of one step on the 64M-parameter case (peak RSS minus RSS before);
+3. the memory of one step on the 64M-parameter case: what the step allocates (peak RSS during
+   the step minus RSS before it) and the peak RSS beyond the process without arrays and the
+   model's x, g, m, v (which also counts a framework's memory pools and compiled code);
 4. the time of the first step in a fresh process, with a cold and a warm compiled-code cache.
 
 It prints markdown tables. Peers that are not installed are skipped with a line saying so.
 
-    python benchmarks/bench_step.py                 # everything (about ten minutes)
+    python benchmarks/bench_step.py                 # everything (about eight minutes)
+    python benchmarks/bench_step.py --rounds 3      # everything three times, interleaved
     python benchmarks/bench_step.py --quick         # small cases, fewer steps (under a minute)
     python benchmarks/bench_step.py --cases 16M --impls nadam torch-foreach
 
@@ -322,16 +325,30 @@ def _memory_kib() -> dict[str, int]:
     return values
 
 
-def _peak_extra_bytes(step: Callable[[], None]) -> int | None:
-    """Peak resident memory during one step minus the resident memory before it (Linux)."""
+def _step_memory(step: Callable[[], None], baseline_kib: int, state_bytes: int) -> dict:
+    """Memory of one step (Linux): `fresh`, the peak resident memory during the step minus the
+    resident memory just before it (what the step itself allocates), and `beyond_state`, that
+    peak minus the process before any array existed and minus the model's x, g, m and v (which
+    also counts pools of memory a framework keeps between steps, and its compiled code)."""
     try:
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")  # resets VmHWM to the current RSS
         before = _memory_kib()["VmRSS"]
         step()
-        return max(0, _memory_kib()["VmHWM"] - before) * 1024
+        peak = _memory_kib()["VmHWM"]
     except OSError:
-        return None
+        return {}
+    return {"fresh_bytes": max(0, peak - before) * 1024,
+            "beyond_state_bytes": peak * 1024 - baseline_kib * 1024 - state_bytes}
+
+
+# Imported before the baseline memory is read, so that their code does not count as the step's.
+FRAMEWORKS = {
+    "nadam": ["nadam", "numba"], "nadam-kernel": ["nadam", "numba"],
+    "nadam-reference": ["nadam", "numba"], "torch-forloop": ["torch"],
+    "torch-foreach": ["torch"], "optax": ["jax", "optax"], "tf-keras": ["tensorflow", "tf_keras"],
+    "tf-keras-xla": ["tensorflow", "tf_keras"], "keras3-jax": ["jax", "keras"], "numpy": [],
+}
 
 
 def time_steps(step: Callable[[], None], warmup: int, steps: int) -> list[float]:
@@ -346,7 +363,13 @@ def time_steps(step: Callable[[], None], warmup: int, steps: int) -> list[float]
 
 
 def worker(impl_key: str, case: Case, memory: bool) -> dict[str, Any]:
+    if impl_key == "keras3-jax":
+        os.environ["KERAS_BACKEND"] = "jax"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
+        for module in FRAMEWORKS[impl_key]:
+            _import(module)
+        baseline = _memory_kib()["VmRSS"]
         step = IMPLS[impl_key].setup(case)
     except Skip as why:
         return {"skipped": str(why)}
@@ -354,7 +377,7 @@ def worker(impl_key: str, case: Case, memory: bool) -> dict[str, Any]:
     result: dict[str, Any] = {"median_s": float(np.median(times)), "min_s": min(times),
                               "times_s": times}
     if memory:
-        result["peak_extra_bytes"] = _peak_extra_bytes(step)
+        result.update(_step_memory(step, baseline, 16 * case.params))
     return result
 
 
@@ -522,9 +545,9 @@ def _combine(rounds: list[tuple[dict, dict]]) -> tuple[dict, dict]:
                 out[key] = min(m[key] for m in ok)
         if "gb_per_s" in out:
             out["gb_per_s"] = ok[0]["gb_per_s"] * ok[0]["median_s"] / out["median_s"]
-        extras = [m["peak_extra_bytes"] for m in ok if m.get("peak_extra_bytes") is not None]
-        if extras:
-            out["peak_extra_bytes"] = max(extras)
+        for key in ("fresh_bytes", "beyond_state_bytes"):
+            if all(key in m for m in ok):
+                out[key] = max(m[key] for m in ok)
         out["rounds"] = [m["median_s"] for m in ok]
         out.pop("times_s", None)
         return out
@@ -597,12 +620,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"## One Nadam step, float32 ({mode} run)\n")
     print("\n".join(report(selected, impls, results, limits, skipped)))
     if MEMORY_CASE in selected:
-        print(f"\n## Peak extra memory of one step at {MEMORY_CASE} parameters\n")
-        print("| implementation | extra MiB |\n|---|---:|")
+        state = 16 * selected[MEMORY_CASE].params / 2**20
+        print(f"\n## Memory of one step at {MEMORY_CASE} parameters (x, g, m, v: "
+              f"{state:.0f} MiB)\n")
+        print("| implementation | allocated by the step (MiB) | peak resident beyond x, g, m, v "
+              "(MiB) |\n|---|---:|---:|")
         for key in impls:
-            extra = results.get((MEMORY_CASE, key), {}).get("peak_extra_bytes")
-            if extra is not None:
-                print(f"| {IMPLS[key].label} | {extra / 2**20:.1f} |")
+            result = results.get((MEMORY_CASE, key), {})
+            if "fresh_bytes" in result:
+                print(f"| {IMPLS[key].label} | {result['fresh_bytes'] / 2**20:.1f} | "
+                      f"{result['beyond_state_bytes'] / 2**20:.0f} |")
     failed = {k: v["failed"] for k, v in results.items() if "failed" in v}
     for (name, key), why in failed.items():
         print(f"\nFailed: {IMPLS[key].label} on {name}: {why}")

@@ -3,7 +3,9 @@
 Importing this module imports numba, so `kernels.cpu` imports it only when the first step on a
 CPU group runs. Nothing here knows about backends or the optimizer: the dense kernels take a
 table of memory addresses (one row of x, g, m, v per tensor) so that any number of tensors costs
-one call, and the sparse kernels take flat arrays of one variable.
+one call, and the sparse kernels take flat arrays of one variable. Each step comes in a serial
+form and a `*_chunks` form that several threads run together (`kernels._chunk_pool`); every
+function releases the GIL.
 
 Bit-identity with `kernels.reference` rests on three things: every element-wise operation is
 written in the reference's order and in the arrays' dtype (the per-step scalars arrive in an
@@ -21,12 +23,13 @@ from typing import Any
 
 import numba
 import numpy as np
-from numba import carray, prange, types
+from llvmlite import ir
+from numba import carray, types
 from numba.extending import intrinsic
 
 CHUNK = 1 << 16
-"""Elements per parallel work item: big enough to amortize scheduling, small enough to balance
-two threads over tensors of any size mix."""
+"""Elements per work item shared between threads: big enough that claiming one costs nothing,
+small enough to balance the threads over tensors of any size mix."""
 
 # The order of the per-step scalars in the array the kernels receive (NadamScalars' order).
 LR, BETA_1, BETA_2, ONE_MINUS_BETA_1, ONE_MINUS_BETA_2, EPSILON = range(6)
@@ -119,18 +122,67 @@ def _dense_range(table: Any, offsets: Any, lo: int, hi: int, s: Any) -> None:
         t += 1
 
 
-@_jit(parallel=True, **_KERNEL_OPTIONS)
-def dense_parallel(table: Any, offsets: Any, s: Any) -> None:
-    """Dense step over all tensors of `table` (rows: x, g, m, v addresses), on all threads."""
+# --- work shared between threads by claiming chunks ----------------------------------------------
+# Entry points named `*_chunks` take `counters` (two int64: chunks claimed, chunks finished) and
+# run on any number of threads at once: each thread claims the next chunk with an atomic
+# increment until none is left. Unlike a fork-join parallel loop, the caller never waits for a
+# thread that has not started: on a busy machine a helper that wakes late finds nothing left,
+# and the step costs at most what one thread takes (see `kernels.cpu`).
+
+
+@intrinsic
+def _fetch_add(typingctx: Any, address: Any, value: Any) -> Any:
+    """Atomically add `value` to the int64 at `address`; returns the value before."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        pointer = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.atomic_rmw("add", pointer, args[1], "seq_cst")
+
+    return types.int64(types.int64, types.int64), codegen
+
+
+@intrinsic
+def _load_acquire(typingctx: Any, address: Any) -> Any:
+    """The int64 at `address`, read so that everything written before it was stored is seen."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        pointer = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.load_atomic(pointer, "acquire", 8)
+
+    return types.int64(types.int64), codegen
+
+
+@_jit(**_KERNEL_OPTIONS)
+def chunk_count(items: int, per_chunk: int) -> int:
+    """How many chunks a job of `items` has: the callers wait for exactly this many."""
+    return (items + per_chunk - 1) // per_chunk
+
+
+@_jit(**_KERNEL_OPTIONS)
+def finished_chunks(counters: Any) -> int:
+    """How many chunks of a job are finished, with their writes visible to the caller."""
+    return _load_acquire(counters.ctypes.data + 8)
+
+
+@_jit(**_KERNEL_OPTIONS)
+def dense_chunks(table: Any, offsets: Any, s: Any, counters: Any) -> None:
+    """Dense step over all tensors of `table` (rows: x, g, m, v addresses), CHUNK elements at a
+    time, sharing the chunks with every other thread running it on the same `counters`."""
     total = offsets[offsets.shape[0] - 1]
-    for chunk in prange((total + CHUNK - 1) // CHUNK):
+    chunks = chunk_count(total, CHUNK)
+    claimed, finished = counters.ctypes.data, counters.ctypes.data + 8
+    while True:
+        chunk = _fetch_add(claimed, 1)
+        if chunk >= chunks:
+            return
         lo = chunk * CHUNK
         _dense_range(table, offsets, lo, min(total, lo + CHUNK), s)
+        _fetch_add(finished, 1)
 
 
 @_jit(**_KERNEL_OPTIONS)
 def dense_serial(table: Any, offsets: Any, s: Any) -> None:
-    """`dense_parallel` on the calling thread: small groups do not pay the thread wake-up."""
+    """`dense_chunks` on the calling thread alone: small groups do not wake other threads."""
     _dense_range(table, offsets, 0, offsets[offsets.shape[0] - 1], s)
 
 
@@ -172,28 +224,52 @@ def _sparse_rows(x: Any, g: Any, indices: Any, m: Any, v: Any, width: int, lo: i
         )
 
 
-@_jit(parallel=True, **_KERNEL_OPTIONS)
-def sparse_parallel(x: Any, g: Any, indices: Any, m: Any, v: Any, width: int, s: Any) -> None:
-    """Sparse step of one variable: x, m, v flat (rows * width), g flat (len(indices) * width).
+@_jit(**_KERNEL_OPTIONS)
+def rows_per_chunk(width: int) -> int:
+    """How many rows of `width` elements make one chunk of `sparse_rows_chunks`."""
+    return max(1, CHUNK // max(width, 1))
 
-    `indices` must be unique and in range: rows are updated in parallel.
-    """
+
+@_jit(**_KERNEL_OPTIONS)
+def decay_chunks(m: Any, v: Any, s: Any, counters: Any) -> None:
+    """The sparse step's first phase: m *= beta_1 and v *= beta_2 over the whole slots."""
     total = m.shape[0]
-    for chunk in prange((total + CHUNK - 1) // CHUNK):
+    chunks = chunk_count(total, CHUNK)
+    claimed, finished = counters.ctypes.data, counters.ctypes.data + 8
+    while True:
+        chunk = _fetch_add(claimed, 1)
+        if chunk >= chunks:
+            return
         lo = chunk * CHUNK
         hi = min(total, lo + CHUNK)
         _decay(m[lo:hi], s[BETA_1])
         _decay(v[lo:hi], s[BETA_2])
+        _fetch_add(finished, 1)
+
+
+@_jit(**_KERNEL_OPTIONS)
+def sparse_rows_chunks(x: Any, g: Any, indices: Any, m: Any, v: Any, width: int, s: Any,
+                       counters: Any) -> None:
+    """The sparse step's second phase, after `decay_chunks` finished: the indexed rows.
+
+    x, m, v are flat (rows * width), g flat (len(indices) * width); `indices` must be unique
+    and in range, because rows are updated by several threads at once.
+    """
     rows = indices.shape[0]
-    rows_per_chunk = max(1, CHUNK // max(width, 1))
-    for chunk in prange((rows + rows_per_chunk - 1) // rows_per_chunk):
-        lo = chunk * rows_per_chunk
-        _sparse_rows(x, g, indices, m, v, width, lo, min(rows, lo + rows_per_chunk), s)
+    chunks = chunk_count(rows, rows_per_chunk(width))
+    claimed, finished = counters.ctypes.data, counters.ctypes.data + 8
+    while True:
+        chunk = _fetch_add(claimed, 1)
+        if chunk >= chunks:
+            return
+        lo = chunk * rows_per_chunk(width)
+        _sparse_rows(x, g, indices, m, v, width, lo, min(rows, lo + rows_per_chunk(width)), s)
+        _fetch_add(finished, 1)
 
 
 @_jit(**_KERNEL_OPTIONS)
 def sparse_serial(x: Any, g: Any, indices: Any, m: Any, v: Any, width: int, s: Any) -> None:
-    """`sparse_parallel` on the calling thread."""
+    """Both phases of the sparse step on the calling thread alone."""
     _decay(m, s[BETA_1])
     _decay(v, s[BETA_2])
     _sparse_rows(x, g, indices, m, v, width, 0, indices.shape[0], s)
@@ -206,13 +282,15 @@ def signatures(dtype: np.dtype) -> dict[Any, list[Any]]:
     table = types.Array(types.int64, 2, "C")
     offsets = types.Array(types.int64, 1, "C")
     indices = types.Array(types.int64, 1, "C")
-    dense = types.void(table, offsets, flat)
-    sparse = types.void(flat, flat, indices, flat, flat, types.int64, flat)
+    counters = types.Array(types.int64, 1, "C")
+    dense = (table, offsets, flat)
+    sparse = (flat, flat, indices, flat, flat, types.int64, flat)
     return {
-        dense_parallel: [dense],
-        dense_serial: [dense],
-        sparse_parallel: [sparse],
-        sparse_serial: [sparse],
+        dense_serial: [types.void(*dense)],
+        dense_chunks: [types.void(*dense, counters)],
+        decay_chunks: [types.void(flat, flat, flat, counters)],
+        sparse_serial: [types.void(*sparse)],
+        sparse_rows_chunks: [types.void(*sparse, counters)],
     }
 
 
@@ -221,3 +299,7 @@ def compile_for(dtype: np.dtype) -> None:
     for dispatcher, sigs in signatures(np.dtype(dtype)).items():
         for sig in sigs:
             dispatcher.compile(sig)
+    counters = types.Array(types.int64, 1, "C")
+    finished_chunks.compile(types.int64(counters))
+    rows_per_chunk.compile(types.int64(types.int64))
+    chunk_count.compile(types.int64(types.int64, types.int64))

@@ -1,7 +1,9 @@
 """The fused CPU kernel: one pass over memory per tensor, all tensors of a group in one call.
 
 A Nadam step is memory-bound (it reads x, g, m, v and writes x, m, v), so the fastest step is
-one pass over those arrays on every core, with nothing allocated. `choose` offers this kernel
+one pass over those arrays on every core, with nothing allocated. The work is split into chunks
+that the calling thread and helper threads claim (`kernels._chunk_pool`), so a busy core delays
+a step by at most one chunk, not by a scheduler time slice. `choose` offers this kernel
 for any group of float32 or float64 variables on the CPU whose backend can lend zero-copy NumPy
 views of its arrays (`Backend.as_numpy_view`: NumPy arrays, and contiguous CPU torch tensors).
 The loops themselves live in `kernels._cpu_numba` and are compiled by numba, which is imported
@@ -13,7 +15,7 @@ Example:
     >>> import numpy as np
     >>> from nadam import Nadam, Variable
     >>> w = Variable(np.ones(3, np.float32))
-    >>> Nadam().apply_gradients([(np.ones(3, np.float32), w)])  # runs here when numba loads
+    >>> Nadam().apply_gradients([(np.ones(3, np.float32), w)])  # the first step loads numba
     1
 """
 
@@ -33,20 +35,18 @@ from typing import Any
 import numpy as np
 
 from nadam.kernels import KernelChoice, NadamScalars, reference
+from nadam.kernels._chunk_pool import ChunkPool
 
 NAME = "cpu-fused"
 FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-PARALLEL_MIN_ELEMENTS = 1 << 18
-"""Groups smaller than this run on the calling thread: waking the other threads costs more than
-it saves below about a megabyte of float32 state."""
+PARALLEL_MIN_ELEMENTS = 1 << 19
+"""Groups smaller than this run on the calling thread alone: waking a helper thread (tens of
+microseconds) costs more than it saves below about 400k elements (measured, float32)."""
 
 _MAX_PLANS = 64
 
 # --- loading numba, once per process, per dtype -----------------------------------------------
 _lock = threading.Lock()
-# One parallel kernel at a time: the threads are all busy anyway, and numba's fallback
-# threading layer (workqueue) must not be entered from two threads at once.
-_parallel_lock = threading.Lock()
 _compiled: dict[np.dtype, ModuleType] = {}
 _failure: str | None = None
 
@@ -230,8 +230,28 @@ def _plan_for(xs: list[Any], ms: list[Any], vs: list[Any], dtype: np.dtype) -> _
     return plan
 
 
-def _run_parallel(compiled: ModuleType, elements: int) -> bool:
-    return elements >= PARALLEL_MIN_ELEMENTS and compiled.numba.get_num_threads() > 1
+_pool = ChunkPool()
+
+
+def set_num_threads(threads: int) -> None:
+    """Use at most `threads` threads per step (default: every core this process may use).
+
+    Example:
+        >>> set_num_threads(1)  # every step on the calling thread alone
+        >>> set_num_threads(get_num_threads())
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    _pool.threads = threads
+
+
+def get_num_threads() -> int:
+    """The most threads one step uses."""
+    return _pool.threads
+
+
+def _use_helpers(elements: int) -> bool:
+    return elements >= PARALLEL_MIN_ELEMENTS and _pool.threads > 1
 
 
 # --- the kernels --------------------------------------------------------------------------------
@@ -251,7 +271,7 @@ def apply_dense(
         >>> x, m, v = np.ones(2, np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32)
         >>> apply_dense(NUMPY_BACKEND, [x], [np.ones(2, np.float32)], [m], [v], s)
         >>> x
-        array([0.999, 0.999], dtype=float32)
+        array([0.99894357, 0.99894357], dtype=float32)
     """
     dtype = s.lr.dtype
     compiled = _compiled_module(dtype)
@@ -263,9 +283,11 @@ def apply_dense(
     table, offsets, left_out = plan.with_gradients(list(map(view, gs)))
     if table.shape[0]:
         scalars = np.array(s, dtype=dtype)
-        if _run_parallel(compiled, int(offsets[-1])):
-            with _parallel_lock:
-                compiled.dense_parallel(table, offsets, scalars)
+        total = int(offsets[-1])
+        if _use_helpers(total):
+            chunks = compiled.chunk_count(total, compiled.CHUNK)
+            _pool.run(compiled.dense_chunks, (table, offsets, scalars), chunks,
+                      compiled.finished_chunks)
         else:
             compiled.dense_serial(table, offsets, scalars)
     if left_out:
@@ -312,12 +334,16 @@ def apply_sparse(
     if iv.size and (iv.min() < 0 or iv.max() >= rows):
         raise IndexError(f"sparse indices out of range for a variable with {rows} rows")
     scalars = np.array(s, dtype=dtype)
-    args = (xv.reshape(-1), gv.reshape(-1), iv, mv.reshape(-1), vv.reshape(-1), width, scalars)
-    if _run_parallel(compiled, mv.size):
-        with _parallel_lock:
-            compiled.sparse_parallel(*args)
-    else:
-        compiled.sparse_serial(*args)
+    x_flat, g_flat, m_flat, v_flat = (a.reshape(-1) for a in (xv, gv, mv, vv))
+    if not _use_helpers(mv.size):
+        compiled.sparse_serial(x_flat, g_flat, iv, m_flat, v_flat, width, scalars)
+        return
+    # Two jobs, because a row may only take its gradient once its m and v have decayed.
+    _pool.run(compiled.decay_chunks, (m_flat, v_flat, scalars),
+              compiled.chunk_count(mv.size, compiled.CHUNK), compiled.finished_chunks)
+    _pool.run(compiled.sparse_rows_chunks, (x_flat, g_flat, iv, m_flat, v_flat, width, scalars),
+              compiled.chunk_count(iv.size, compiled.rows_per_chunk(width)),
+              compiled.finished_chunks)
 
 
 _CHOICE = KernelChoice(NAME, apply_dense, apply_sparse)
