@@ -92,5 +92,8 @@ def run(rank: int, world_size: int, port: int, out_dir: str) -> None:
                 [(p.grad, p) for p in model.parameters()], experimental_aggregate_gradients=False
             )
         _save(out / f"ddp_rank{rank}.npz", [p.detach().numpy() for p in model.parameters()])
+        # Tear down only when every rank is done communicating: a rank that closes its gloo
+        # connections while its peer still uses them makes the peer abort (seen under load).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
