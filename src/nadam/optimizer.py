@@ -593,8 +593,8 @@ class Optimizer:
     def _loss_backend(self, var_list: list[Any]) -> Backend:
         if not var_list:
             raise ValueError("var_list is empty: there is nothing to differentiate")
-        backends = {self._backend_of(var, p).name: self._backend_of(var) for p, var in
-                    enumerate(var_list)}
+        found = (self._backend_of(var, position) for position, var in enumerate(var_list))
+        backends = {backend.name: backend for backend in found}
         if len(backends) > 1:
             raise ValueError(
                 f"var_list mixes variables of several array libraries ({sorted(backends)}); "
