@@ -24,7 +24,7 @@ _DECAY_BASE = np.float32(0.96)  # Keras casts the literal 0.96 from float32.
 
 def _keras_cast(value: Any, dtype: np.dtype) -> np.generic:
     """Cast a hyperparameter as Keras does: a Python number goes through float32 first."""
-    if isinstance(value, numbers.Real) and not isinstance(value, np.generic):
+    if not isinstance(value, np.generic) and isinstance(value, numbers.Real):
         value = np.float32(value)
     return dtype.type(value)
 
@@ -135,6 +135,7 @@ class Nadam(Optimizer):
         self.epsilon = epsilon
         self._momentum_cache: Variable | None = None
         self._momentum_cache_read: np.generic | None = None
+        self._scalars_by_dtype: dict[np.dtype, tuple[NadamScalars, np.generic]] = {}
 
     # --- plain (non-hyper) settings -------------------------------------------------------
     @property
@@ -176,32 +177,39 @@ class Nadam(Optimizer):
             self._momentum_cache = self.add_weight(
                 "momentum_cache", shape=(), dtype=dtype, initializer="ones"
             )
-        # All m slots before all v slots: Keras's weight order.
-        for var in var_list:
+        # All m slots before all v slots: Keras's weight order. Variables that have both
+        # already (every step after the first) are skipped without a call per variable.
+        new = self._lacking_slots(var_list, ("m", "v"))
+        for var in new:
             self.add_slot(var, "m")
-        for var in var_list:
+        for var in new:
             self.add_slot(var, "v")
 
-    def _prepare(self, var_list: list[Any]) -> dict:
+    def _prepare(self, places: list[tuple[str, np.dtype]]) -> dict:
         cache = self._momentum_cache
         self._momentum_cache_read = cache.value[()]
-        apply_state = super()._prepare(var_list)
+        self._scalars_by_dtype = {}
+        apply_state = super()._prepare(places)
         # The cache advances once per call in its own dtype, whatever the variables' dtypes.
         _, prod = self._step_scalars(cache.dtype)
         cache.assign(prod)
         return apply_state
 
     def _step_scalars(self, dtype: np.dtype) -> tuple[NadamScalars, np.generic]:
-        return nadam_scalars(
-            dtype,
-            int(self._iterations.value),
-            self._momentum_cache_read,
-            lr=self._decayed_lr(dtype),
-            beta_1=self._get_hyper("beta_1", dtype),
-            beta_2=self._get_hyper("beta_2", dtype),
-            epsilon=self._epsilon,
-            schedule_decay=self._schedule_decay,
-        )
+        # Once per dtype and step: the cache's dtype is usually the variables' dtype too.
+        known = self._scalars_by_dtype.get(dtype)
+        if known is None:
+            known = self._scalars_by_dtype[dtype] = nadam_scalars(
+                dtype,
+                int(self._iterations.value),
+                self._momentum_cache_read,
+                lr=self._decayed_lr(dtype),
+                beta_1=self._get_hyper("beta_1", dtype),
+                beta_2=self._get_hyper("beta_2", dtype),
+                epsilon=self._epsilon,
+                schedule_decay=self._schedule_decay,
+            )
+        return known
 
     def _prepare_local(self, var_device: str, var_dtype: np.dtype, apply_state: dict) -> None:
         super()._prepare_local(var_device, var_dtype, apply_state)
@@ -217,12 +225,13 @@ class Nadam(Optimizer):
         first = variables[0]
         device, dtype = backend.device(first), backend.dtype(first)
         kernel = kernels.select(backend, device, dtype)
+        slots = [self._slots[id(var)] for var in variables]  # made by _create_slots
         kernel.dense(
             backend,
             variables,
             grads,
-            [self.get_slot(var, "m") for var in variables],
-            [self.get_slot(var, "v") for var in variables],
+            [var_slots["m"] for var_slots in slots],
+            [var_slots["v"] for var_slots in slots],
             self._scalars_for(backend, first, apply_state),
         )
 

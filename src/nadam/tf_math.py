@@ -56,13 +56,24 @@ def _load_c_float_math() -> Any:
 
 C_FLOAT_MATH = _load_c_float_math()
 
-_FLUSHED = (np.dtype(np.float32), np.dtype(np.float64))
+# The smallest normal number of each dtype whose subnormals TensorFlow flushes (float16 keeps
+# its subnormals). Looked up once: np.finfo costs more than the rest of a flush.
+_TINY = {np.dtype(t): np.finfo(t).tiny for t in (np.float32, np.float64)}
+
+# The C library's float functions by `math` name; empty without the C library.
+_C_FLOAT_FUNCTIONS = (
+    {name: getattr(C_FLOAT_MATH, name + "f") for name in ("pow", "cos", "log")}
+    if C_FLOAT_MATH is not None
+    else {}
+)
+_FLOAT32 = np.dtype(np.float32)
 
 
 def flush(x: np.generic) -> np.generic:
     """Subnormal to zero: TensorFlow runs its CPU kernels with flush-to-zero and
     denormals-are-zero on, so Keras returns 0.0 where IEEE arithmetic gives a subnormal."""
-    if x.dtype in _FLUSHED and 0 < abs(x) < np.finfo(x.dtype).tiny:
+    tiny = _TINY.get(x.dtype)
+    if tiny is not None and 0 < abs(x) < tiny:
         return np.copysign(x.dtype.type(0), x)
     return x
 
@@ -80,6 +91,9 @@ def _transcendental(name: str, fallback: Callable[..., Any], *args: np.generic) 
     # Only the result is flushed: the C functions read their arguments' bits, so a subnormal
     # argument keeps its meaning there (powf(0, 1e-42) is 0, not 1) even under TF's modes.
     result: Any
+    if dtype == _FLOAT32 and _C_FLOAT_FUNCTIONS:
+        # The common case, kept short: it runs three times in every float32 step.
+        return flush(np.float32(_C_FLOAT_FUNCTIONS[name](*map(float, args))))
     if dtype.itemsize <= 4 and C_FLOAT_MATH is not None:
         result = np.float32(getattr(C_FLOAT_MATH, name + "f")(*(float(arg) for arg in args)))
     else:
