@@ -34,13 +34,15 @@ _NONE_GRADIENT_HINT = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Pair:
-    """A validated (gradient, variable) pair and the backend that owns the variable."""
+    """A validated (gradient, variable) pair, the backend that owns the variable, and where
+    the variable lives: its (device, dtype), which picks its per-step constants and kernel."""
 
     backend: Backend
     var: Any
     grad: DenseGrad | SparseGrad
+    place: tuple[str, np.dtype]
 
 
 def _is_real_number(value: Any) -> bool:
@@ -116,6 +118,8 @@ class Optimizer:
                 f"`clipnorm`={kwargs['clipnorm']}, `global_clipnorm`={kwargs['global_clipnorm']}."
             )
         object.__setattr__(self, "_hyper", {})
+        # name -> (value, its 0-d array) for immutable constants, resolved once at set time.
+        self._resolved_constants: dict[str, tuple[Any, np.ndarray]] = {}
         self._name = name
         self._weights: list[Any] = []
         self._iterations = Variable(np.int64(0), name="iter", trainable=False)
@@ -160,6 +164,11 @@ class Optimizer:
         elif not callable(value):
             self._check_hyper_value(name, _host_scalar(value, name), "")
         self._hyper[name] = value
+        self._resolved_constants.pop(name, None)
+        if isinstance(value, int | float | np.generic):  # immutable: its array never changes
+            resolved = self._resolve_hyper(name)
+            resolved.flags.writeable = False
+            self._resolved_constants[name] = (value, resolved)
 
     def _check_hyper_value(self, name: str, value: np.ndarray, source: str) -> None:
         low, high, high_inclusive = self._HYPER_RANGES.get(name, (-math.inf, math.inf, True))
@@ -179,6 +188,9 @@ class Optimizer:
         Keras's hyper variable made from a NumPy float64 value is float64.
         """
         value = self._hyper[name]
+        constant = self._resolved_constants.get(name)
+        if constant is not None and constant[0] is value:
+            return constant[1]
         if isinstance(value, schedules.LearningRateSchedule):
             result, source = value(np.int64(self._iterations.value)), " (from its schedule)"
         elif callable(value):
@@ -352,6 +364,11 @@ class Optimizer:
         self._weights.append(slot)
         return slot
 
+    def _lacking_slots(self, var_list: list[Any], slot_names: tuple[str, ...]) -> list[Any]:
+        """The variables of `var_list` that lack one of `slot_names`."""
+        slots, wanted, none = self._slots, set(slot_names), {}
+        return [var for var in var_list if not wanted <= slots.get(id(var), none).keys()]
+
     def get_slot(self, var: Any, slot_name: str) -> Any:
         """The slot `slot_name` of `var`; KeyError if it does not exist."""
         slots = self._slots.get(id(var))
@@ -406,15 +423,14 @@ class Optimizer:
     def _create_slots(self, var_list: list[Any]) -> None:
         """Create the slots of each variable (subclasses)."""
 
-    def _prepare(self, var_list: list[Any]) -> dict[tuple[str, np.dtype], dict[str, Any]]:
-        """Compute per-(device, dtype) constants for this step, once per group."""
+    def _prepare(
+        self, places: list[tuple[str, np.dtype]]
+    ) -> dict[tuple[str, np.dtype], dict[str, Any]]:
+        """Compute this step's constants once per (device, dtype) among `places`."""
         apply_state: dict[tuple[str, np.dtype], dict[str, Any]] = {}
-        for var in var_list:
-            backend = self._backend_of(var)
-            key = (backend.device(var), backend.dtype(var))
-            if key not in apply_state:
-                apply_state[key] = {}
-                self._prepare_local(key[0], key[1], apply_state)
+        for place in dict.fromkeys(places):  # distinct, in order of first appearance
+            apply_state[place] = {}
+            self._prepare_local(place[0], place[1], apply_state)
         return apply_state
 
     def _prepare_local(self, var_device: str, var_dtype: np.dtype, apply_state: dict) -> None:
@@ -465,7 +481,7 @@ class Optimizer:
         self._step_hypers = hypers
         try:
             self._create_all_weights(variables)
-            apply_state = self._prepare(variables)
+            apply_state = self._prepare([pair.place for pair in pairs])
             self._apply_updates(pairs, grads, apply_state)
             self._iterations.assign_add(np.int64(1))
         finally:
@@ -518,7 +534,8 @@ class Optimizer:
             if grad is None:
                 missing.append(backend.describe(var))
                 continue
-            pairs.append(_Pair(backend, var, backend.gradient(grad, var)))
+            place = (backend.device(var), backend.dtype(var))
+            pairs.append(_Pair(backend, var, backend.gradient(grad, var), place))
         if not pairs:
             raise ValueError(f"No gradients provided for any variable: [{', '.join(missing)}].")
         if missing:
@@ -557,6 +574,9 @@ class Optimizer:
         self, pairs: list[_Pair], grads: list[DenseGrad | SparseGrad]
     ) -> list[DenseGrad | SparseGrad]:
         """Sum gradients across data-parallel replicas, one collective call per backend."""
+        backend = pairs[0].backend
+        if all(pair.backend is backend for pair in pairs):  # the usual case: one library
+            return backend.all_reduce_sum(grads)
         result = list(grads)
         by_backend: dict[str, list[int]] = {}
         for position, pair in enumerate(pairs):
@@ -578,8 +598,7 @@ class Optimizer:
                 sparse.append((pair, grad))
                 continue
             backend = pair.backend
-            key = (backend.name, backend.device(pair.var), backend.dtype(pair.var))
-            group = groups.setdefault(key, (backend, [], []))
+            group = groups.setdefault((backend.name, *pair.place), (backend, [], []))
             group[1].append(pair.var)
             group[2].append(grad.array)
         for backend, variables, arrays in groups.values():

@@ -15,7 +15,9 @@ import numpy as np
 from nadam.backends.base import DenseGrad, SparseGrad
 from nadam.variables import IndexedSlices, Variable, track_reads
 
-TRAINABLE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+TRAINABLE_DTYPES = frozenset(
+    (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+)
 
 
 def _import_autograd() -> Any:
@@ -115,6 +117,12 @@ class NumpyBackend:
             ) from error
 
     def gradient(self, grad: Any, var: Any) -> DenseGrad | SparseGrad:
+        if type(grad) is np.ndarray:
+            # The usual case, decided in a few attribute reads (it runs for every gradient of
+            # every step); anything else, mismatches included, takes the checks below.
+            array = self.read(var)
+            if grad.dtype == array.dtype and grad.shape == array.shape:
+                return DenseGrad(grad)
         if isinstance(grad, IndexedSlices):
             return self._sparse_gradient(grad, var)
         array = self._as_array(grad, var, "Gradient")
