@@ -142,6 +142,53 @@ def test_as_numpy_view_shares_memory_only_for_contiguous_cpu_tensors():
     assert TORCH_BACKEND.as_numpy_view(np.zeros(3)) is None
 
 
+def test_as_numpy_view_lends_the_same_view_while_the_memory_is_the_same():
+    t = torch.zeros(5, requires_grad=True)
+    first = TORCH_BACKEND.as_numpy_view(t)
+    version = t._version
+    again = TORCH_BACKEND.as_numpy_view(t)
+    assert again is first  # what lets the fused kernel keep its address table
+    assert t._version == version + 1  # every lending still counts as an in-place write
+    with torch.no_grad():
+        t.data = torch.full((5,), 2.0)  # new storage behind the same Parameter object
+    moved = TORCH_BACKEND.as_numpy_view(t)
+    assert moved is not first and moved.ctypes.data == t.data_ptr()
+    np.testing.assert_array_equal(moved, np.full(5, 2.0, np.float32))
+    with torch.no_grad():
+        t.data = torch.zeros(2, 3)  # same object, other shape
+    assert TORCH_BACKEND.as_numpy_view(t).shape == (2, 3)
+
+
+def test_as_numpy_view_forgets_a_tensor_when_it_is_freed():
+    cache = TORCH_BACKEND._views._entries
+    t = torch.zeros(3)
+    TORCH_BACKEND.as_numpy_view(t)
+    key = id(t)
+    assert key in cache
+    del t
+    assert key not in cache
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_replacing_param_data_between_fused_steps_updates_the_new_memory(dtype):
+    # The kernel's address table must follow `param.data = ...`, not keep writing the old
+    # storage: compare with the NumPy path stepping a Variable that is reassigned the same way.
+    rng = np.random.default_rng(3)
+    start, replacement = random_array(rng, (4, 6), dtype), random_array(rng, (4, 6), dtype)
+    grads = [random_array(rng, (4, 6), dtype) for _ in range(3)]
+    p, w = parameter(start), Variable(start.copy())
+    ours, theirs = Nadam(), Nadam()
+    for step, g in enumerate(grads):
+        if step == 2:
+            with torch.no_grad():
+                p.data = tensor(replacement.copy())
+            w.assign(replacement)
+        ours.apply_gradients([(tensor(g), p)])
+        theirs.apply_gradients([(g, w)])
+    assert_bit_equal(p, w.numpy())
+    assert_all_bit_equal(ours.get_weights(), theirs.get_weights())
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_a_step_between_forward_and_backward_is_caught_by_autograd_as_in_torch(path):
     # The parameter is saved for backward; updating it in place (through torch ops or a NumPy

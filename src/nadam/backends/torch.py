@@ -20,6 +20,7 @@ Gradients for `minimize` come from `torch.autograd.grad`; data-parallel sums use
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,10 +51,48 @@ def _numpy_view(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().resolve_conj().resolve_neg().numpy()
 
 
+class _ViewCache:
+    """The same NumPy view for a tensor's memory every time it is lent.
+
+    The fused CPU kernel caches its address tables under the identity of the views it gets
+    (`nadam.kernels.cpu`), so a parameter or slot that is lent a fresh view every step would
+    rebuild its table every step. A view is reused while the tensor lives and still has the
+    same memory, dtype and shape; the entry goes when the tensor is freed. A tensor whose
+    `.data` was replaced keeps its old storage alive until its next lending replaces the view.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[Any, int, torch.dtype, torch.Size, np.ndarray]] = {}
+
+    def view_of(self, tensor: torch.Tensor) -> np.ndarray:
+        key, address = id(tensor), tensor.data_ptr()
+        entry = self._entries.get(key)
+        if (
+            entry is not None
+            and entry[0]() is tensor
+            and entry[1] == address
+            and entry[2] == tensor.dtype
+            and entry[3] == tensor.shape
+        ):
+            return entry[4]
+        view = tensor.detach().numpy()
+        entries = self._entries
+
+        def forget(ref: Any, key: int = key) -> None:
+            if entries.get(key, (None,))[0] is ref:
+                del entries[key]
+
+        entries[key] = (weakref.ref(tensor, forget), address, tensor.dtype, tensor.shape, view)
+        return view
+
+
 class TorchBackend:
     """Backend for `torch.Tensor` and `nn.Parameter` variables on the CPU and CUDA."""
 
     name = "torch"
+
+    def __init__(self) -> None:
+        self._views = _ViewCache()
 
     def owns(self, obj: object) -> bool:
         return isinstance(obj, torch.Tensor)
@@ -130,7 +169,7 @@ class TorchBackend:
         if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided:
             return None
         if (
-            tensor.device.type != "cpu"
+            not tensor.is_cpu
             or tensor.dtype not in _VIEWABLE_DTYPES
             or not tensor.is_contiguous()
             or tensor.is_neg()
@@ -138,7 +177,7 @@ class TorchBackend:
         ):
             return None
         torch.autograd.graph.increment_version(tensor)
-        return tensor.detach().numpy()
+        return self._views.view_of(tensor)
 
     def to_numpy(self, var_or_array: Any) -> np.ndarray:
         return var_or_array.detach().to("cpu", copy=True).resolve_neg().numpy()
