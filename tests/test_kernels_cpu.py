@@ -324,6 +324,55 @@ def test_dense_and_sparse_mixed_in_one_call(dtype):
     assert_fused_equals_reference(random_variables(shapes, dtype), make_grads, steps=4)
 
 
+# The kernel skips the bias corrections' divisions once their divisors are exactly 1 (see
+# `_cpu_numba._divides`): after the momentum cache underflows, and after beta_2 ** t does.
+LATE_PHASES = {
+    "early (every division)": ({np.float32: 3, np.float64: 3}, 0.4),
+    "momentum cache underflowed": ({np.float32: 150, np.float64: 1_200}, 0.0),
+    "every correction exactly 1": ({np.float32: 40_000, np.float64: 80_000}, 0.0),
+}
+
+
+def _late_training_run(dtype: Any, iterations: int, cache: float, reference: bool) -> list[Any]:
+    """Three dense and sparse steps of an optimizer restored at `iterations`, with m and v
+    full of mixed-magnitude values; returns its weights and the variables."""
+    rng = np.random.default_rng(11)
+    shapes = [(BIG,), (33, 7), (40, 3)]
+    variables = [Variable(_special_values(rng, int(np.prod(s)), dtype).reshape(s))
+                 for s in shapes]
+    opt = Nadam()
+    opt.iterations = iterations
+    opt.build(variables)
+    weights = opt.get_weights()
+    weights[1] = np.asarray(cache, dtype)  # the momentum cache
+    weights[2:] = [np.abs(_special_values(rng, w.size, dtype)).reshape(w.shape)
+                   for w in weights[2:]]
+    opt.set_weights(weights)
+    path = kernels.reference_only() if reference else contextlib.nullcontext()
+    with path, np.errstate(over="ignore"):
+        for _ in range(3):
+            grads = [_special_values(rng, int(np.prod(s)), dtype).reshape(s) for s in shapes[:2]]
+            grads.append(random_sparse(rng, shapes[2], dtype, 25))
+            opt.apply_gradients(list(zip(grads, variables, strict=True)))
+    return opt.get_weights() + [v.numpy() for v in variables]
+
+
+@pytest.mark.parametrize("phase", LATE_PHASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_late_training_steps_skip_no_rounding(dtype, phase):
+    first_iteration, cache = LATE_PHASES[phase]
+    iterations = first_iteration[dtype]
+    s, _ = nadam_scalars(dtype, iterations=iterations, momentum_cache=cache)
+    # The phase really is the one named: which divisors are exactly 1.
+    moments_one = s.one_minus_prod == 1 and s.one_minus_prod1 == 1
+    assert moments_one == (cache == 0.0)
+    assert (s.v_correction == 1) == phase.startswith("every")
+    fused = _late_training_run(dtype, iterations, cache, reference=False)
+    ref = _late_training_run(dtype, iterations, cache, reference=True)
+    for i, (ours, theirs) in enumerate(zip(fused, ref, strict=True)):
+        assert_bitwise_equal(ours, theirs, f"weight or variable {i}")
+
+
 def test_mixed_dtypes_in_one_call_use_one_group_each():
     specs = [((BIG,), np.float32), ((10,), np.float64), ((7, 3), np.float16), ((), np.float32)]
 

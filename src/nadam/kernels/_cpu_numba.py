@@ -80,6 +80,20 @@ def _pointer(typingctx: Any, address: Any, like: Any) -> Any:
 
 
 @_jit(**_KERNEL_OPTIONS)
+def _divides(a: Any, b: Any) -> bool:
+    """Whether dividing by `a` and by `b` can change a value: not when both are exactly 1.
+
+    The step is bound by its divisions where the arrays fit in cache (four and a square root
+    per element). Two of the divisors, 1 - prod and 1 - prod * mu_t1, become exactly 1 once the
+    momentum cache underflows to 0 (float32: from step ~111 at the default betas; float64:
+    ~976), and 1 - beta_2 ** t does too (float32: step ~17000; float64: ~37000). Dividing by
+    exactly 1 returns its argument (IEEE 754), so skipping it keeps every bit; LLVM moves the
+    test out of the loop and vectorizes each variant.
+    """
+    return a != 1 or b != 1
+
+
+@_jit(**_KERNEL_OPTIONS)
 def _dense_span(x: Any, g: Any, m: Any, v: Any, s: Any) -> None:
     # The loop runs from 0 over whole arrays: an index LLVM can prove non-negative needs no
     # wrap-around select, which is what lets it vectorize.
@@ -88,13 +102,19 @@ def _dense_span(x: Any, g: Any, m: Any, v: Any, s: Any) -> None:
     one_minus_mu_t, mu_t1 = s[ONE_MINUS_MU_T], s[MU_T1]
     one_minus_prod, one_minus_prod1 = s[ONE_MINUS_PROD], s[ONE_MINUS_PROD1]
     v_correction = s[V_CORRECTION]
+    # See `_divides`: once the bias corrections are exactly 1, their divisions are skipped.
+    correct_moments = _divides(one_minus_prod, one_minus_prod1)
+    correct_v = _divides(v_correction, v_correction)
     for i in range(x.shape[0]):
         gi = g[i]
-        g_prime = gi / one_minus_prod
         mi = beta_1 * m[i] + one_minus_beta_1 * gi
-        m_prime = mi / one_minus_prod1
         vi = beta_2 * v[i] + one_minus_beta_2 * (gi * gi)
-        v_prime = vi / v_correction
+        if correct_moments:
+            g_prime = gi / one_minus_prod
+            m_prime = mi / one_minus_prod1
+        else:
+            g_prime, m_prime = gi, mi
+        v_prime = vi / v_correction if correct_v else vi
         m_bar = one_minus_mu_t * g_prime + mu_t1 * m_prime
         x[i] = x[i] - lr * m_bar / (np.sqrt(v_prime) + epsilon)
         m[i] = mi
@@ -200,14 +220,19 @@ def _sparse_row(x: Any, g: Any, m: Any, v: Any, s: Any) -> None:
     one_minus_mu_t, mu_t1 = s[ONE_MINUS_MU_T], s[MU_T1]
     one_minus_prod, one_minus_prod1 = s[ONE_MINUS_PROD], s[ONE_MINUS_PROD1]
     v_correction = s[V_CORRECTION]
+    correct_moments = _divides(one_minus_prod, one_minus_prod1)
+    correct_v = _divides(v_correction, v_correction)
     for i in range(x.shape[0]):
         gi = g[i]
-        g_prime = gi / one_minus_prod
         mi = m[i] + gi * one_minus_beta_1
-        m_prime = mi / one_minus_prod1
+        if correct_moments:
+            g_prime = gi / one_minus_prod
+            m_prime = mi / one_minus_prod1
+        else:
+            g_prime, m_prime = gi, mi
         m_bar = one_minus_mu_t * g_prime + mu_t1 * m_prime
         vi = v[i] + (gi * gi) * one_minus_beta_2
-        v_prime = vi / v_correction
+        v_prime = vi / v_correction if correct_v else vi
         x[i] = x[i] + negative_lr * m_bar / (np.sqrt(v_prime) + epsilon)
         m[i] = mi
         v[i] = vi
