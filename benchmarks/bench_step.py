@@ -18,9 +18,11 @@ It prints markdown tables. Peers that are not installed are skipped with a line 
     python benchmarks/bench_step.py --quick         # small cases, fewer steps (under a minute)
     python benchmarks/bench_step.py --cases 16M --impls nadam torch-foreach
 
-Our optimizer runs through the public `Nadam.apply_gradients`; "nadam (kernel call)" calls the
-fused kernel directly with precomputed scalars, to show what the optimizer's own bookkeeping
-costs on top. Times vary on a shared machine: medians, and the load average is printed.
+Our optimizer runs through the public `Nadam.apply_gradients`, from step 1000 of a run on (see
+MID_TRAINING_STEP; "nadam-early" times the first steps); "nadam (kernel call)" calls the fused
+kernel directly with precomputed scalars, to show what the optimizer's own bookkeeping costs on
+top; "nadam-torch" is `nadam.torch.Nadam` on CPU torch tensors. Times vary on a shared machine:
+medians, and the load average is printed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ import numpy as np
 HERE = Path(__file__).resolve()
 LR, BETA_1, BETA_2, EPSILON = 1e-3, 0.9, 0.999, 1e-7
 BYTES_PER_PARAM = 28  # float32: read x, g, m, v and write x, m, v
+MID_TRAINING_STEP = 1000
+"""Our steps are timed from this step on: a run spends all but its first ~111 float32 steps with
+the momentum cache underflowed to 0, where the kernel skips two divisions that are by exactly 1
+(see `nadam.kernels._cpu_numba._divides`). The `nadam-early` row times the first steps."""
 
 
 # --- the cases ---------------------------------------------------------------------------------
@@ -126,7 +132,17 @@ def _import(module: str) -> Any:
         raise Skip(f"{module} is not installed ({error})") from error
 
 
-def setup_nadam(case: Case) -> Callable[[], None]:
+def _to_mid_training(opt: Any, step: Callable[[], Any]) -> None:
+    """Take one step (which creates the state), then move the state to step MID_TRAINING_STEP
+    of a run: its momentum cache has underflowed to 0, as in any float32 run past step ~111."""
+    step()
+    weights = opt.get_weights()
+    weights[0] = np.int64(MID_TRAINING_STEP)
+    weights[1] = np.zeros_like(weights[1])
+    opt.set_weights(weights)
+
+
+def _setup_nadam(case: Case, mid_training: bool) -> Callable[[], None]:
     import nadam
 
     xs, gs = _arrays(case)
@@ -134,7 +150,37 @@ def setup_nadam(case: Case) -> Callable[[], None]:
     del xs
     opt = nadam.Nadam(LR, BETA_1, BETA_2, EPSILON)
     pairs = list(zip(gs, variables, strict=True))
-    return lambda: opt.apply_gradients(pairs)
+
+    def step() -> None:
+        opt.apply_gradients(pairs)
+
+    if mid_training:
+        _to_mid_training(opt, step)
+    else:
+        # Keeps every timed step in the early phase, however many steps are timed.
+        step.between = lambda: opt.momentum_cache.assign(np.float32(1.0))  # type: ignore
+    return step
+
+
+def setup_nadam(case: Case) -> Callable[[], None]:
+    return _setup_nadam(case, mid_training=True)
+
+
+def setup_nadam_early(case: Case) -> Callable[[], None]:
+    return _setup_nadam(case, mid_training=False)
+
+
+def setup_nadam_torch(case: Case) -> Callable[[], None]:
+    torch = _import("torch")
+    import nadam.torch
+
+    xs, gs = _arrays(case)
+    params = [torch.from_numpy(x).requires_grad_() for x in xs]
+    for p, g in zip(params, gs, strict=True):
+        p.grad = torch.from_numpy(g)
+    opt = nadam.torch.Nadam(params, lr=LR, betas=(BETA_1, BETA_2), eps=EPSILON)
+    _to_mid_training(opt, opt.step)
+    return opt.step
 
 
 def setup_nadam_reference(case: Case) -> Callable[[], None]:
@@ -157,7 +203,7 @@ def setup_nadam_kernel(case: Case) -> Callable[[], None]:
     xs, gs = _arrays(case)
     ms, vs = [np.zeros_like(x) for x in xs], [np.zeros_like(x) for x in xs]
     cpu.choose(NUMPY_BACKEND, "cpu", np.dtype(np.float32))
-    state = {"it": 0, "cache": np.float32(1.0)}
+    state = {"it": MID_TRAINING_STEP, "cache": np.float32(0.0)}  # as `setup_nadam`'s
 
     def step() -> None:
         s, state["cache"] = nadam_scalars(np.float32, state["it"], state["cache"])
@@ -300,7 +346,11 @@ IMPLS = {
     impl.key: impl
     for impl in [
         Impl("nadam", "**nadam** (`apply_gradients`, fused kernel)", setup_nadam, False),
+        Impl("nadam-early", "nadam, steps 1-111 (momentum cache not yet 0)",
+             setup_nadam_early, False),
         Impl("nadam-kernel", "nadam, fused kernel called directly", setup_nadam_kernel, False),
+        Impl("nadam-torch", "`nadam.torch.Nadam` on CPU torch tensors", setup_nadam_torch,
+             False),
         Impl("nadam-reference", "nadam, reference kernel", setup_nadam_reference, False),
         Impl("torch-forloop", "`torch.optim.NAdam` (for-loop)", setup_torch_forloop, True),
         Impl("torch-foreach", "`torch.optim.NAdam` (foreach)", setup_torch_foreach, True),
@@ -346,17 +396,23 @@ def _step_memory(step: Callable[[], None], baseline_kib: int, state_bytes: int) 
 # Imported before the baseline memory is read, so that their code does not count as the step's.
 FRAMEWORKS = {
     "nadam": ["nadam", "numba"], "nadam-kernel": ["nadam", "numba"],
-    "nadam-reference": ["nadam", "numba"], "torch-forloop": ["torch"],
+    "nadam-reference": ["nadam", "numba"], "nadam-early": ["nadam", "numba"],
+    "nadam-torch": ["nadam", "numba", "torch"], "torch-forloop": ["torch"],
     "torch-foreach": ["torch"], "optax": ["jax", "optax"], "tf-keras": ["tensorflow", "tf_keras"],
     "tf-keras-xla": ["tensorflow", "tf_keras"], "keras3-jax": ["jax", "keras"], "numpy": [],
 }
 
 
 def time_steps(step: Callable[[], None], warmup: int, steps: int) -> list[float]:
+    """The times of `steps` calls after `warmup` calls; `step.between()`, if the setup gave
+    one, runs untimed before each timed call."""
+    between = getattr(step, "between", None)
     for _ in range(warmup):
         step()
     times = []
     for _ in range(steps):
+        if between is not None:
+            between()
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
