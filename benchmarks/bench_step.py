@@ -170,14 +170,20 @@ def setup_nadam_early(case: Case) -> Callable[[], None]:
     return _setup_nadam(case, mid_training=False)
 
 
-def setup_nadam_torch(case: Case) -> Callable[[], None]:
+def _torch_parameters(case: Case) -> list[Any]:
+    """The case's arrays as CPU torch parameters (sharing memory), gradients attached."""
     torch = _import("torch")
-    import nadam.torch
-
     xs, gs = _arrays(case)
     params = [torch.from_numpy(x).requires_grad_() for x in xs]
     for p, g in zip(params, gs, strict=True):
         p.grad = torch.from_numpy(g)
+    return params
+
+
+def setup_nadam_torch(case: Case) -> Callable[[], None]:
+    params = _torch_parameters(case)
+    import nadam.torch
+
     opt = nadam.torch.Nadam(params, lr=LR, betas=(BETA_1, BETA_2), eps=EPSILON)
     _to_mid_training(opt, opt.step)
     return opt.step
@@ -214,11 +220,8 @@ def setup_nadam_kernel(case: Case) -> Callable[[], None]:
 
 
 def _setup_torch(case: Case, foreach: bool) -> Callable[[], None]:
+    params = _torch_parameters(case)
     torch = _import("torch")
-    xs, gs = _arrays(case)
-    params = [torch.from_numpy(x).requires_grad_() for x in xs]
-    for p, g in zip(params, gs, strict=True):
-        p.grad = torch.from_numpy(g)
     opt = torch.optim.NAdam(params, lr=LR, betas=(BETA_1, BETA_2), eps=EPSILON, foreach=foreach)
     return opt.step
 

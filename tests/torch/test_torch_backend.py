@@ -159,6 +159,26 @@ def test_as_numpy_view_lends_the_same_view_while_the_memory_is_the_same():
     assert TORCH_BACKEND.as_numpy_view(t).shape == (2, 3)
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_a_gradient_with_autograd_history_steps_like_its_detached_values(path):
+    # create_graph=True gives gradients that require grad; the step must use their values and
+    # record nothing in autograd. Plain gradients are used as they are (no detached copy).
+    rng = np.random.default_rng(5)
+    start = random_array(rng, (3, 4), np.float32)
+    w = torch.nn.Parameter(torch.from_numpy(random_array(rng, (3, 4), np.float32)))
+    (graph_grad,) = torch.autograd.grad((w ** 3).sum(), w, create_graph=True)
+    assert graph_grad.requires_grad
+    p, q = parameter(start), parameter(start)
+    with on_path(path):
+        Nadam().apply_gradients([(graph_grad, p)])
+        Nadam().apply_gradients([(graph_grad.detach().clone(), q)])
+    assert_bit_equal(p, numpy(q))
+    assert p.is_leaf and p.grad_fn is None and p.requires_grad
+    plain = torch.ones(3)
+    dense = TORCH_BACKEND.gradient(plain, torch.nn.Parameter(torch.zeros(3)))
+    assert dense.array is plain
+
+
 def test_as_numpy_view_forgets_a_tensor_when_it_is_freed():
     cache = TORCH_BACKEND._views._entries
     t = torch.zeros(3)

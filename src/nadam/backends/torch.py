@@ -38,7 +38,7 @@ _NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {
     torch.float32: np.dtype(np.float32),
     torch.float64: np.dtype(np.float64),
 }
-_VIEWABLE_DTYPES = (*_NUMPY_DTYPES, torch.int32, torch.int64)
+_VIEWABLE_DTYPES = frozenset((*_NUMPY_DTYPES, torch.int32, torch.int64))
 SUPPORTED_DEVICE_TYPES = ("cpu", "cuda")
 
 
@@ -118,7 +118,7 @@ class TorchBackend:
 
     def check_tensor(self, var: Any) -> None:
         """The checks every trainable tensor passes, leaf and requires_grad aside."""
-        if var.layout != torch.strided:
+        if var.layout is not torch.strided:
             raise TypeError(
                 f"Variable {self.describe(var)} has layout {var.layout}; nadam trains dense "
                 "(strided) tensors"
@@ -128,7 +128,8 @@ class TorchBackend:
                 f"Variable {self.describe(var)} has dtype {var.dtype}; Nadam trains only "
                 "float16, float32 and float64 variables"
             )
-        if var.device.type not in SUPPORTED_DEVICE_TYPES:
+        # `is_cpu` first: reading `.device` builds a new object, which shows at every step.
+        if not var.is_cpu and var.device.type not in SUPPORTED_DEVICE_TYPES:
             raise TypeError(
                 f"Variable {self.describe(var)} is on device '{var.device}'; nadam updates "
                 "tensors on the CPU and on CUDA devices only (it never copies a parameter "
@@ -166,7 +167,7 @@ class TorchBackend:
             [1.0, 0.0, 0.0]
         """
         tensor = var_or_array
-        if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided:
+        if not isinstance(tensor, torch.Tensor) or tensor.layout is not torch.strided:
             return None
         if (
             not tensor.is_cpu
@@ -211,30 +212,33 @@ class TorchBackend:
                 f"{what} for variable {self.describe(var)} must be a torch tensor, got "
                 f"{type(tensor).__name__}"
             )
-        if tensor.dtype != var.dtype:
+        if tensor.dtype is not var.dtype:  # torch dtypes are singletons
             raise ValueError(
                 f"{what} for variable {self.describe(var)} has dtype {tensor.dtype}, but the "
                 f"variable has dtype {var.dtype}"
             )
-        if tensor.device != var.device:
+        if not (tensor.is_cpu and var.is_cpu) and tensor.device != var.device:
             raise ValueError(
                 f"{what} for variable {self.describe(var)} is on device '{tensor.device}', but "
                 f"the variable is on '{var.device}'"
             )
-        return tensor.detach()
+        # Detached only if it has history (create_graph=True): keeping the same tensor object
+        # from step to step lets the fused kernel reuse its NumPy view.
+        return tensor.detach() if tensor.requires_grad else tensor
 
     def gradient(self, grad: Any, var: Any) -> DenseGrad | SparseGrad:
         if isinstance(grad, IndexedSlices):
             return self._slices_gradient(grad, var)
         tensor = self._check_grad_tensor(grad, var, "Gradient")
-        if tensor.layout == torch.sparse_coo:
+        layout = tensor.layout
+        if layout is torch.sparse_coo:
             return self._coo_gradient(tensor, var)
-        if tensor.layout != torch.strided:
+        if layout is not torch.strided:
             raise TypeError(
                 f"Gradient for variable {self.describe(var)} has layout {tensor.layout}; "
                 "expected a dense tensor or a sparse COO tensor of rows"
             )
-        if tuple(tensor.shape) != tuple(var.shape):
+        if tensor.shape != var.shape:
             raise ValueError(
                 f"Gradient for variable {self.describe(var)} has shape {tuple(tensor.shape)}, "
                 f"but the variable has shape {tuple(var.shape)}"

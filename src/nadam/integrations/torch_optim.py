@@ -135,7 +135,7 @@ def _decayed_lr(hyper: _GroupHypers, dtype: np.dtype, iterations: int) -> np.gen
     return lr_t
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     """One parameter to update this step: where it is, its group and its checked gradient."""
 
@@ -295,14 +295,18 @@ class Nadam(torch.optim.Optimizer):
 
     def _collect(self) -> list[_Entry]:
         entries = []
+        check_tensor, gradient = TORCH_BACKEND.check_tensor, TORCH_BACKEND.gradient
         for index, group in enumerate(self.param_groups):
             for position, param in enumerate(group["params"]):
-                if param.grad is None:
+                grad = param.grad
+                if grad is None:
                     continue
-                name = f"param_groups[{index}]['params'][{position}]"
-                _checked(name, TORCH_BACKEND.check_tensor, param)
-                grad = _checked(name, TORCH_BACKEND.gradient, param.grad, param)
-                entries.append(_Entry(index, param, grad))
+                try:
+                    check_tensor(param)
+                    entries.append(_Entry(index, param, gradient(grad, param)))
+                except (TypeError, ValueError, IndexError) as error:
+                    where = f"param_groups[{index}]['params'][{position}]"
+                    raise type(error)(f"{where}: {error}") from None
         return entries
 
     def _clip(self, entries: list[_Entry], hypers: Sequence[_GroupHypers]) -> None:
