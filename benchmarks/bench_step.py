@@ -154,6 +154,7 @@ def _setup_nadam(case: Case, mid_training: bool) -> Callable[[], None]:
     def step() -> None:
         opt.apply_gradients(pairs)
 
+    step.optimizer = opt  # type: ignore[attr-defined]  # for the benchmark's own tests
     if mid_training:
         _to_mid_training(opt, step)
     else:
@@ -436,9 +437,60 @@ def worker(impl_key: str, case: Case, memory: bool) -> dict[str, Any]:
     times = time_steps(step, case.warmup, case.steps)
     result: dict[str, Any] = {"median_s": float(np.median(times)), "min_s": min(times),
                               "times_s": times}
+    if impl_key == "nadam" and case.name in PAIRED_CASES:
+        result["paired_fraction"] = paired_fraction(step, case)
     if memory:
         result.update(_step_memory(step, baseline, 16 * case.params))
     return result
+
+
+PAIRED_CASES = ("16M", "64M", "200 tensors, 16M")
+"""The cases whose arrays are far larger than the caches: there a streaming pass between two
+steps evicts nothing a step would have found in cache, so the two can alternate fairly."""
+
+
+def paired_fraction(step: Callable[[], None], case: Case) -> float:
+    """Our step's fraction of the limit, with the drift of the machine's bandwidth taken out.
+
+    The shared machine's bandwidth moves by tens of percent within seconds, so a limit measured
+    in one process and a step in the next can disagree either way. Here one streaming pass
+    (two threads, each half of the arrays, as `stream_worker` but without an OpenMP pool whose
+    spinning threads would slow the step's helpers) and one step alternate in this process;
+    the result is the median of (streaming time / step time) over the pairs.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numba
+
+    @numba.njit(error_model="numpy", nogil=True)
+    def span(x: Any, g: Any, m: Any, v: Any) -> None:
+        for i in range(x.shape[0]):
+            gi = g[i]
+            m[i] = m[i] + gi
+            v[i] = v[i] + gi
+            x[i] = x[i] + gi
+
+    rng = np.random.default_rng(2)
+    arrays = [(rng.random(case.params, dtype=np.float32) - np.float32(0.5)) * np.float32(0.01)
+              for _ in range(4)]
+    half = case.params // 2
+    helper = ThreadPoolExecutor(max_workers=1)
+
+    def stream() -> None:
+        other = helper.submit(span, *(a[half:] for a in arrays))
+        span(*(a[:half] for a in arrays))
+        other.result()
+
+    stream()
+    ratios = []
+    for _ in range(max(10, case.steps)):
+        start = time.perf_counter()
+        stream()
+        middle = time.perf_counter()
+        step()
+        ratios.append((middle - start) / (time.perf_counter() - middle))
+    helper.shutdown()
+    return float(np.median(ratios))
 
 
 def stream_worker(case: Case) -> dict[str, Any]:
@@ -562,6 +614,8 @@ def report(selected: dict[str, Case], impls: list[str], results: dict, limits: d
                 continue
             t = result["median_s"]
             fraction = f"{limit / t:.2f}" if limit else "-"
+            if "paired_fraction" in result:
+                fraction += f" (paired: {result['paired_fraction']:.2f})"
             ratio = f"{fastest_peer / t:.2f}×" if fastest_peer else "-"
             lines.append(f"| {name} | {IMPLS[key].label} | {_fmt_ms(t)} | "
                          f"{_fmt_ms(result['min_s'])} | {case.params / t:.2e} | {fraction} | "
@@ -578,7 +632,13 @@ def targets(results: dict, limits: dict) -> list[str]:
     lines = []
     for case, goal in (("16M", 0.9), ("64M", 0.9), ("200 tensors, 16M", 0.85)):
         ours, limit = ms(case, "nadam"), limits.get(case, {}).get("median_s")
-        if ours and limit:
+        paired = results.get((case, "nadam"), {}).get("paired_fraction")
+        if paired is not None:  # the measurement that does not depend on the drift
+            verdict = "met" if paired >= goal else "MISSED"
+            separate = f"; {limit / ours:.2f} against the limit's own process" if limit else ""
+            lines.append(f"- {case}: {paired:.2f} of the limit, paired in one process "
+                         f"(target ≥ {goal}): {verdict}{separate}")
+        elif ours and limit:
             verdict = "met" if limit / ours >= goal else "MISSED"
             lines.append(f"- {case}: {limit / ours:.2f} of the limit (target ≥ {goal}): {verdict}")
     for case in ("16M", "64M", "200 tensors, 16M", "1M"):
@@ -619,6 +679,8 @@ def _combine(rounds: list[tuple[dict, dict]]) -> tuple[dict, dict]:
         if "zeros" in out:
             out["zeros"] = float(np.median([m["zeros"] for m in ok]))
             out["zeros_gb_per_s"] = ok[0]["zeros_gb_per_s"] * ok[0]["zeros"] / out["zeros"]
+        if all("paired_fraction" in m for m in ok):
+            out["paired_fraction"] = float(np.median([m["paired_fraction"] for m in ok]))
         for key in ("fresh_bytes", "beyond_state_bytes"):
             if all(key in m for m in ok):
                 out[key] = max(m[key] for m in ok)

@@ -699,6 +699,35 @@ def test_benchmark_script_runs_and_prints_the_table():
     assert "## Targets" in result.stdout
 
 
+def _benchmark_module() -> Any:
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step.py"
+    spec = importlib.util.spec_from_file_location("bench_step", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_step"] = module  # dataclasses look their module up while defining
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules["bench_step"]
+    return module
+
+
+def test_benchmark_times_our_steps_mid_training_and_pairs_them_with_the_stream():
+    bench = _benchmark_module()
+    case = bench.Case("tiny", [(300,), (7, 5)], warmup=1, steps=3)
+    step = bench.setup_nadam(case)
+    step()
+    # The timed steps run where a long run spends its time: cache underflowed, step ~1000.
+    opt = step.optimizer
+    assert int(opt.iterations) == bench.MID_TRAINING_STEP + 1
+    assert float(opt.momentum_cache.numpy()) == 0.0
+    early = bench.setup_nadam_early(case)
+    assert callable(early.between)
+    fraction = bench.paired_fraction(step, case)
+    assert 0 < fraction < 100
+
+
 def test_a_pool_whose_helpers_stall_runs_alone_for_a_while():
     # A fake job whose chunks a "preempted helper" finishes late: the pool notices the long
     # wait and runs the following calls without helpers, then tries them again.
