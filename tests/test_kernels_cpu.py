@@ -699,6 +699,24 @@ def test_benchmark_script_runs_and_prints_the_table():
     assert "## Targets" in result.stdout
 
 
+def test_overhead_benchmark_prints_every_implementation():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_overhead.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--tensors", "3", "--size", "8", "--steps", "5"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| ")]
+    names = [row[1].strip() for row in rows[1:]]
+    assert names == [
+        "nadam.Nadam on nadam.Variable (NumPy)", "nadam.Nadam on torch parameters",
+        "nadam.torch.Nadam", "torch.optim.NAdam (foreach)", "torch.optim.NAdam (for-loop)",
+    ]
+    assert all(float(row[2]) > 0 for row in rows[1:])  # µs/step
+    assert rows[4][4].strip() == "1.00×"  # foreach against itself
+
+
 def _benchmark_module() -> Any:
     import importlib.util
 
