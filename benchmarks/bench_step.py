@@ -444,6 +444,22 @@ def worker(impl_key: str, case: Case, memory: bool) -> dict[str, Any]:
     return result
 
 
+def _streaming_span() -> Callable[..., None]:
+    """A compiled loop with a Nadam step's memory traffic over x, g, m, v and no arithmetic to
+    speak of: what the limit is measured with."""
+    import numba
+
+    @numba.njit(error_model="numpy", nogil=True)
+    def span(x: Any, g: Any, m: Any, v: Any) -> None:
+        for i in range(x.shape[0]):
+            gi = g[i]
+            m[i] = m[i] + gi
+            v[i] = v[i] + gi
+            x[i] = x[i] + gi
+
+    return span
+
+
 PAIRED_CASES = ("16M", "64M", "200 tensors, 16M")
 """The cases whose arrays are far larger than the caches: there a streaming pass between two
 steps evicts nothing a step would have found in cache, so the two can alternate fairly."""
@@ -460,16 +476,7 @@ def paired_fraction(step: Callable[[], None], case: Case) -> float:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    import numba
-
-    @numba.njit(error_model="numpy", nogil=True)
-    def span(x: Any, g: Any, m: Any, v: Any) -> None:
-        for i in range(x.shape[0]):
-            gi = g[i]
-            m[i] = m[i] + gi
-            v[i] = v[i] + gi
-            x[i] = x[i] + gi
-
+    span = _streaming_span()
     rng = np.random.default_rng(2)
     arrays = [(rng.random(case.params, dtype=np.float32) - np.float32(0.5)) * np.float32(0.01)
               for _ in range(4)]
@@ -498,14 +505,7 @@ def stream_worker(case: Case) -> dict[str, Any]:
     import numba
 
     chunk = 1 << 16
-
-    @numba.njit(error_model="numpy")
-    def span(x: Any, g: Any, m: Any, v: Any) -> None:
-        for i in range(x.shape[0]):
-            gi = g[i]
-            m[i] = m[i] + gi
-            v[i] = v[i] + gi
-            x[i] = x[i] + gi
+    span = _streaming_span()
 
     @numba.njit(parallel=True, error_model="numpy")
     def stream_parallel(x: Any, g: Any, m: Any, v: Any) -> None:
