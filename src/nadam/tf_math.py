@@ -91,11 +91,10 @@ def _transcendental(name: str, fallback: Callable[..., Any], *args: np.generic) 
     # Only the result is flushed: the C functions read their arguments' bits, so a subnormal
     # argument keeps its meaning there (powf(0, 1e-42) is 0, not 1) even under TF's modes.
     result: Any
-    if dtype == _FLOAT32 and _C_FLOAT_FUNCTIONS:
-        # The common case, kept short: it runs three times in every float32 step.
-        return flush(np.float32(_C_FLOAT_FUNCTIONS[name](*map(float, args))))
-    if dtype.itemsize <= 4 and C_FLOAT_MATH is not None:
-        result = np.float32(getattr(C_FLOAT_MATH, name + "f")(*(float(arg) for arg in args)))
+    if dtype.itemsize <= 4 and _C_FLOAT_FUNCTIONS:
+        result = np.float32(_C_FLOAT_FUNCTIONS[name](*map(float, args)))
+        if dtype == _FLOAT32:  # three times in every float32 step: no cast needed
+            return flush(result)
     else:
         floats = [float(arg) for arg in args]
         try:
