@@ -29,6 +29,7 @@ import math
 import numbers
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -295,18 +296,14 @@ class Nadam(torch.optim.Optimizer):
 
     def _collect(self) -> list[_Entry]:
         entries = []
-        check_tensor, gradient = TORCH_BACKEND.check_tensor, TORCH_BACKEND.gradient
         for index, group in enumerate(self.param_groups):
             for position, param in enumerate(group["params"]):
                 grad = param.grad
                 if grad is None:
                     continue
-                try:
-                    check_tensor(param)
-                    entries.append(_Entry(index, param, gradient(grad, param)))
-                except (TypeError, ValueError, IndexError) as error:
-                    where = f"param_groups[{index}]['params'][{position}]"
-                    raise type(error)(f"{where}: {error}") from None
+                where = partial(_param_name, index, position)
+                checked = _checked(where, _checked_gradient, param, grad)
+                entries.append(_Entry(index, param, checked))
         return entries
 
     def _clip(self, entries: list[_Entry], hypers: Sequence[_GroupHypers]) -> None:
@@ -398,7 +395,7 @@ class Nadam(torch.optim.Optimizer):
         for index, group in enumerate(self.param_groups):
             for position, param in enumerate(group["params"]):
                 _checked(
-                    f"param_groups[{index}]['params'][{position}]",
+                    _param_name(index, position),
                     TORCH_BACKEND.check_tensor, param,
                 )
         self._create_state(params)
@@ -483,9 +480,23 @@ class Nadam(torch.optim.Optimizer):
                     )
 
 
-def _checked(where: str, check: Callable[..., Any], *args: Any) -> Any:
-    """Run a backend check; its error, if any, also says which parameter it is about."""
+def _checked(where: str | Callable[[], str], check: Callable[..., Any], *args: Any) -> Any:
+    """Run a backend check; its error, if any, also says which parameter it is about.
+
+    `where` may be a function that names the parameter, so that a step over many parameters
+    only formats a name for the one that fails.
+    """
     try:
         return check(*args)
     except (TypeError, ValueError, IndexError) as error:
-        raise type(error)(f"{where}: {error}") from None
+        name = where() if callable(where) else where
+        raise type(error)(f"{name}: {error}") from None
+
+
+def _param_name(group: int, position: int) -> str:
+    return f"param_groups[{group}]['params'][{position}]"
+
+
+def _checked_gradient(param: torch.Tensor, grad: Any) -> DenseGrad | SparseGrad:
+    TORCH_BACKEND.check_tensor(param)
+    return TORCH_BACKEND.gradient(grad, param)
