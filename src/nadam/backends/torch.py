@@ -27,10 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from nadam import kernels
 from nadam.backends.base import DenseGrad, SparseGrad
 from nadam.backends.numpy import NUMPY_BACKEND
-from nadam.kernels import torch_foreach
 from nadam.variables import IndexedSlices
 
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {
@@ -463,4 +461,3 @@ def _all_gather_rows(grad: SparseGrad) -> SparseGrad:
 
 
 TORCH_BACKEND = TorchBackend()
-kernels.register_fast_path(torch_foreach.choose)

@@ -3,10 +3,14 @@
 `reference` is the readable ground truth. Faster kernels register here and are picked per
 group of variables by capability (backend, device, dtype); `reference_only()` turns the fast
 paths off, for tests that compare a fast path with the reference and for benchmarks.
+`registered_kernels()` lists every kernel known here, so that one test holds each of them to
+the reference bit for bit. Importing this package imports NumPy only: a kernel built on a
+framework (torch) is imported when a group of that framework's tensors first asks for it.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -74,20 +78,76 @@ def select(backend: Any, device: str, dtype: np.dtype) -> KernelChoice:
     return KernelChoice("reference", reference.apply_dense, reference.apply_sparse)
 
 
+Chooser = Callable[[Any, str, np.dtype], KernelChoice | None]
+
 # Each chooser returns a KernelChoice for the groups it can run, else None.
-_FAST_PATH_CHOOSERS: list[Callable[[Any, str, np.dtype], KernelChoice | None]] = []
+_FAST_PATH_CHOOSERS: list[Chooser] = []
 
 
-def register_fast_path(chooser: Callable[[Any, str, np.dtype], KernelChoice | None]) -> None:
-    """Add a fast-path chooser; later registrations are tried first."""
+class RegisteredKernel(NamedTuple):
+    """A kernel known to this package, named without importing it.
+
+    `module` defines the kernel's `apply_dense` and `apply_sparse`; `arrays` is the array
+    library whose CPU arrays a test hands it ("numpy", or "torch" for a kernel built on torch
+    ops, which run on any device) and whose package must be importable to load it.
+
+    Example:
+        >>> [kernel.name for kernel in registered_kernels()][:2]
+        ['reference', 'cpu-fused']
+    """
+
+    name: str
+    module: str
+    arrays: str
+
+    def load(self) -> KernelChoice:
+        """The kernel's functions (importing its module, and so its framework)."""
+        module = importlib.import_module(self.module)
+        return KernelChoice(self.name, module.apply_dense, module.apply_sparse)
+
+
+_KERNELS: list[RegisteredKernel] = [
+    RegisteredKernel("reference", "nadam.kernels.reference", "numpy"),
+]
+
+
+def register_fast_path(chooser: Chooser, kernel: RegisteredKernel | None = None) -> None:
+    """Add a fast-path chooser; later registrations are tried first.
+
+    Pass `kernel` to have `registered_kernels()` list it, and so have the registry's test
+    compare it with the reference.
+    """
     _FAST_PATH_CHOOSERS.insert(0, chooser)
+    if kernel is not None:
+        _KERNELS.append(kernel)
+
+
+def registered_kernels() -> list[RegisteredKernel]:
+    """Every kernel known here, in registration order: the reference first, then the fast paths
+    registered with a `kernel` entry. Listing them imports nothing."""
+    return list(_KERNELS)
+
+
+def _torch_on_cuda(backend: Any, device: str, dtype: np.dtype) -> KernelChoice | None:
+    """`kernels.torch_foreach` for torch groups on CUDA devices; it (and torch) is imported by
+    the first such group, never by importing this package."""
+    if getattr(backend, "name", None) != "torch" or not str(device).startswith("cuda"):
+        return None
+    from nadam.kernels import torch_foreach
+
+    return torch_foreach.choose(backend, device, dtype)
 
 
 def _register_builtin_fast_paths() -> None:
     # `cpu` imports NumPy only; numba is imported when its first step runs.
     from nadam.kernels import cpu
 
-    register_fast_path(cpu.choose)
+    register_fast_path(cpu.choose, RegisteredKernel(cpu.NAME, "nadam.kernels.cpu", "numpy"))
+    # Registered last, so tried first; the CPU chooser declines CUDA groups anyway.
+    register_fast_path(
+        _torch_on_cuda,
+        RegisteredKernel("torch-foreach", "nadam.kernels.torch_foreach", "torch"),
+    )
 
 
 _register_builtin_fast_paths()
