@@ -47,6 +47,15 @@ def assert_bitwise_equal(ours: Any, theirs: Any, what: str) -> None:
         )
 
 
+def assert_bitwise_equal_nan_aware(ours: Any, theirs: Any, what: str) -> None:
+    """NaN exactly where `theirs` has NaN (any payload), every other element bit for bit."""
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape, what
+    nan = np.isnan(theirs)
+    np.testing.assert_array_equal(np.isnan(ours), nan, err_msg=f"{what}: NaN positions")
+    assert_bitwise_equal(ours[~nan], theirs[~nan], what)
+
+
 def run_steps(
     make_variables: Callable[[], list[Any]],
     make_grads: Callable[[np.random.Generator, int], list[Grad]],
