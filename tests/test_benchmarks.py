@@ -1,5 +1,6 @@
-"""The benchmark scripts' entry points: `python -m nadam bench` without the script, and quick
-runs of `benchmarks/bench_step.py` and `benchmarks/bench_overhead.py` printing their tables."""
+"""The benchmarks: quick runs of `benchmarks/bench_step.py` (which runs `nadam.bench`) and
+`benchmarks/bench_overhead.py` printing their tables, and pieces of `nadam.bench`.
+`python -m nadam bench` from an installed wheel is tested in test_cli_installed.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import nadam
 
@@ -15,14 +15,6 @@ SRC = Path(nadam.__file__).resolve().parent.parent
 
 
 # --- the benchmark's entry points ----------------------------------------------------------------
-
-
-def test_bench_command_explains_when_the_script_is_not_there(monkeypatch, tmp_path, capsys):
-    from nadam import __main__ as cli
-
-    monkeypatch.setattr(cli, "_bench_script", lambda: tmp_path / "missing.py")
-    assert cli.main(["bench"]) == 1
-    assert "ships with the source repository" in capsys.readouterr().err
 
 
 def test_benchmark_script_runs_and_prints_the_table():
@@ -61,22 +53,9 @@ def test_overhead_benchmark_prints_every_implementation():
     assert rows[4][4].strip() == "1.00×"  # foreach against itself
 
 
-def _benchmark_module() -> Any:
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step.py"
-    spec = importlib.util.spec_from_file_location("bench_step", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_step"] = module  # dataclasses look their module up while defining
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules["bench_step"]
-    return module
-
-
 def test_benchmark_times_our_steps_mid_training_and_pairs_them_with_the_stream():
-    bench = _benchmark_module()
+    from nadam import bench
+
     case = bench.Case("tiny", [(300,), (7, 5)], warmup=1, steps=3)
     step = bench.setup_nadam(case)
     step()
