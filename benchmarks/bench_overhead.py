@@ -3,6 +3,8 @@
 Times one step over `--tensors` tensors of `--size` float32 elements each (default 200 × 64, so
 the kernel itself takes a few microseconds), through:
 
+- the fused CPU kernel called directly on the same arrays (the arithmetic alone: what every
+  other line adds to it is bookkeeping),
 - `nadam.Nadam.apply_gradients` on `nadam.Variable`s (NumPy),
 - `nadam.Nadam.apply_gradients` on CPU torch parameters (the Keras face),
 - `nadam.torch.Nadam.step` (the torch.optim face),
@@ -32,6 +34,20 @@ def numpy_step(arrays: list[np.ndarray], grads: list[np.ndarray]) -> Callable[[]
     opt = nadam.Nadam()
     pairs = list(zip(grads, variables, strict=True))
     return lambda: opt.apply_gradients(pairs)
+
+
+def kernel_step(arrays: list[np.ndarray], grads: list[np.ndarray]) -> Callable[[], None]:
+    from nadam.backends import NUMPY_BACKEND
+    from nadam.kernels import select
+    from nadam.step_scalars import nadam_scalars
+
+    xs = [a.copy() for a in arrays]
+    ms = [np.zeros_like(a) for a in arrays]
+    vs = [np.zeros_like(a) for a in arrays]
+    # Step 1000's scalars, as a model mid-training sees them (the momentum cache is 0 then).
+    scalars, _ = nadam_scalars(np.float32, 1000, 0.0)
+    dense = select(NUMPY_BACKEND, "cpu", np.dtype(np.float32)).dense
+    return lambda: dense(NUMPY_BACKEND, xs, grads, ms, vs, scalars)
 
 
 def torch_steps(arrays: list[np.ndarray], grads: list[np.ndarray]) -> dict[str, Callable]:
@@ -68,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal(args.size).astype(np.float32) for _ in range(args.tensors)]
     grads = [rng.standard_normal(args.size).astype(np.float32) for _ in range(args.tensors)]
-    steps = {"nadam.Nadam on nadam.Variable (NumPy)": numpy_step(arrays, grads)}
+    steps = {
+        "fused kernel called directly (NumPy)": kernel_step(arrays, grads),
+        "nadam.Nadam on nadam.Variable (NumPy)": numpy_step(arrays, grads),
+    }
     steps.update(torch_steps(arrays, grads))
     for step in steps.values():
         for _ in range(30):

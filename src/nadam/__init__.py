@@ -1,4 +1,4 @@
-"""Keras 2's Nadam optimizer, bit for bit, on NumPy arrays, PyTorch tensors and JAX arrays.
+"""Keras 2's Nadam optimizer, bit for bit, on NumPy arrays and PyTorch tensors.
 
 Example:
     >>> import numpy as np

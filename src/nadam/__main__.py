@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(
         prog="python -m nadam",
-        description="Keras 2's Nadam optimizer for NumPy, PyTorch and JAX.",
+        description="Keras 2's Nadam optimizer for NumPy and PyTorch.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo_parser(subparsers)

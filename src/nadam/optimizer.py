@@ -1,29 +1,31 @@
 """`Optimizer`: the Keras 2 OptimizerV2 contract, independent of any array library.
 
-It owns the bookkeeping every Keras optimizer shares: hyperparameters, the iteration counter,
-slots and the order of `weights`, configs, clipping, data-parallel aggregation and input
-validation. A subclass says what to compute: `_create_slots`, `_prepare_local`,
-`_resource_apply_dense` and `_resource_apply_sparse`, as in Keras.
+It keeps what every Keras optimizer has: hyperparameters (`hyperparameters.Hyperparameters`),
+the iteration counter, slots (`slots.SlotTable`) and the order of `weights`, configs, clipping
+settings and data-parallel aggregation. A subclass says what to compute: `_create_slots`,
+`_prepare_local`, `_resource_apply_dense` and `_resource_apply_sparse`, as in Keras.
 
-Every `apply_gradients` runs in two phases: first everything that can fail (validating pairs,
-calling learning-rate callables and schedules, aggregation, clipping), then the commit
-(creating state, advancing schedules, updating variables, `iterations += 1`). Bad input
-therefore never leaves a half-applied step behind.
+`apply_gradients` drives the step engine (`nadam.engine`): everything that can fail first
+(checking every pair and its memory, calling learning-rate callables and schedules,
+aggregation, clipping), then, under the optimizer's lock and with Ctrl-C held back, the commit
+(creating state, the updates, the momentum cache, `iterations += 1`). Bad input therefore never
+leaves a half-applied step behind.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from nadam import clipping, schedules
-from nadam.backends import Backend, DenseGrad, SparseGrad, backend_for
+from nadam import checks, engine, memory, schedules
+from nadam.backends import NUMPY_BACKEND, Backend, SparseGrad, backend_for
+from nadam.hyperparameters import Hyperparameters
+from nadam.slots import SlotTable, variable_key
+from nadam.step_scalars import decayed_learning_rate
 from nadam.variables import Variable
 
 _BASE_KWARGS = ("clipnorm", "clipvalue", "decay", "global_clipnorm", "lr")
@@ -33,39 +35,15 @@ _NONE_GRADIENT_HINT = (
     "Common ops without gradient: argmax, round, comparisons."
 )
 
+STEP_CONTEXT = "step_context"
+"""The key of a step's `engine.StepContext` in `apply_state` (subclasses that make one)."""
 
-@dataclass(slots=True)
-class _Pair:
-    """A validated (gradient, variable) pair, the backend that owns the variable, and where
-    the variable lives: its (device, dtype), which picks its per-step constants and kernel."""
-
-    backend: Backend
-    var: Any
-    grad: DenseGrad | SparseGrad
-    place: tuple[str, np.dtype]
-
-
-def _is_real_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _host_scalar(value: Any, what: str) -> np.ndarray:
-    """A 0-d NumPy array from a number, a 0-d NumPy/JAX array or a 0-d torch tensor."""
-    if hasattr(value, "detach"):  # a torch tensor, converted without importing torch
-        value = value.detach().cpu().numpy()
-    try:
-        array = np.asarray(value)
-    except Exception as error:  # noqa: BLE001 - any failure means "not a number"
-        raise TypeError(f"{what} must be a number, got {type(value).__name__}") from error
-    if array.dtype.kind not in "biuf":
-        raise TypeError(f"{what} must be a real number, got {type(value).__name__} {value!r}")
-    if array.size != 1:
-        raise ValueError(f"{what} must be a scalar, got an array of shape {array.shape}")
-    return array.reshape(())
+HYPERS = "hypers"
+"""The key of the step's resolved hyperparameters (name -> 0-d array) in `apply_state`."""
 
 
 class Optimizer:
-    """Base class of Keras-style optimizers over NumPy, PyTorch and JAX variables.
+    """Base class of Keras-style optimizers over NumPy and PyTorch variables.
 
     Subclasses create their slots in `_create_slots`, compute per-step scalars in
     `_prepare_local` and update one variable in `_resource_apply_dense` /
@@ -87,11 +65,6 @@ class Optimizer:
 
     # Keyword arguments a subclass accepts beyond the base ones (Nadam: schedule_decay).
     _EXTRA_KWARGS: tuple[str, ...] = ()
-    # Valid ranges of numeric hyperparameters: name -> (low, high, high is inclusive).
-    _HYPER_RANGES: dict[str, tuple[float, float, bool]] = {
-        "learning_rate": (0.0, math.inf, True),
-        "decay": (0.0, math.inf, True),
-    }
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         allowed = sorted({*_BASE_KWARGS, *self._EXTRA_KWARGS})
@@ -102,7 +75,7 @@ class Optimizer:
                     f"Allowed kwargs are {allowed}"
                 )
         for key, value in kwargs.items():
-            if _is_real_number(value) and value < 0:
+            if checks.is_real_number(value) and value < 0:
                 raise ValueError(f"Expected {key} >= 0, received: {value}")
         if not isinstance(name, str) or not name:
             raise ValueError(f"Optimizer name must be a non-empty string, got {name!r}")
@@ -112,41 +85,48 @@ class Optimizer:
                 DeprecationWarning,
                 stacklevel=3,
             )
-        if kwargs.get("clipnorm") is not None and kwargs.get("global_clipnorm") is not None:
-            raise ValueError(
-                "Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
-                f"`clipnorm`={kwargs['clipnorm']}, `global_clipnorm`={kwargs['global_clipnorm']}."
-            )
-        object.__setattr__(self, "_hyper", {})
-        # name -> (value, its 0-d array) for immutable constants, resolved once at set time.
-        self._resolved_constants: dict[str, tuple[Any, np.ndarray]] = {}
+        checks.exclusive_clipnorms(kwargs.get("clipnorm"), kwargs.get("global_clipnorm"))
+        object.__setattr__(self, "_hyper", Hyperparameters())
         self._name = name
         self._weights: list[Any] = []
         self._iterations = Variable(np.int64(0), name="iter", trainable=False)
-        self._slots: dict[int, dict[str, Any]] = {}
-        # Keeps every slotted variable alive, so its id() can never be reused by another.
-        self._slot_owners: dict[int, Any] = {}
+        self._slots = SlotTable()
         self._slot_names: list[str] = []
-        self._step_hypers: dict[str, np.ndarray] | None = None
-        self._clipnorm = self._checked_clip("clipnorm", kwargs.get("clipnorm"))
-        self._clipvalue = self._checked_clip("clipvalue", kwargs.get("clipvalue"))
-        self._global_clipnorm = self._checked_clip(
-            "global_clipnorm", kwargs.get("global_clipnorm")
+        self._lock = threading.RLock()
+        self._own_state: memory.SpanIndex | None = None  # spans of `_weights`, made lazily
+        self._memo = engine.VariableMemo()
+        self._clipping = engine.Clipping(
+            checks.clip_threshold(kwargs.get("clipvalue"), "clipvalue"),
+            checks.clip_threshold(kwargs.get("clipnorm"), "clipnorm"),
+            checks.clip_threshold(kwargs.get("global_clipnorm"), "global_clipnorm"),
         )
         self._set_hyper("decay", kwargs.get("decay", 0.0))
+
+    # --- copies: the lock is the copy's own ----------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_lock"]
+        state["_own_state"] = None
+        state["_memo"] = engine.VariableMemo()  # ids and addresses mean nothing in a copy
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # --- hyperparameters as attributes ---------------------------------------------------
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: hyperparameters live in self._hyper.
-        hyper = self.__dict__.get("_hyper", {})
+        hyper = self.__dict__.get("_hyper")
         key = "learning_rate" if name == "lr" else name
-        if key in hyper:
+        if hyper is not None and key in hyper:
             return hyper[key]
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     def __setattr__(self, name: str, value: Any) -> None:
         key = "learning_rate" if name == "lr" else name
-        if key in self.__dict__.get("_hyper", {}):
+        hyper = self.__dict__.get("_hyper")
+        if hyper is not None and key in hyper:
             self._set_hyper(key, value)
         else:
             object.__setattr__(self, name, value)
@@ -156,129 +136,59 @@ class Optimizer:
 
     def _set_hyper(self, name: str, value: Any) -> None:
         """Set hyperparameter `name` to a number, 0-d array, callable or schedule."""
-        if isinstance(value, Variable):
-            value = value.numpy()
-        if isinstance(value, schedules.LearningRateSchedule):
-            if name != "learning_rate":
-                raise TypeError(f"Only learning_rate may be a LearningRateSchedule, not {name}")
-        elif not callable(value):
-            self._check_hyper_value(name, _host_scalar(value, name), "")
-        self._hyper[name] = value
-        self._resolved_constants.pop(name, None)
-        if isinstance(value, int | float | np.generic):  # immutable: its array never changes
-            resolved = self._resolve_hyper(name)
-            resolved.flags.writeable = False
-            self._resolved_constants[name] = (value, resolved)
-
-    def _check_hyper_value(self, name: str, value: np.ndarray, source: str) -> None:
-        low, high, high_inclusive = self._HYPER_RANGES.get(name, (-math.inf, math.inf, True))
-        number = float(value)
-        in_range = low <= number and (number <= high if high_inclusive else number < high)
-        if math.isnan(number) or not in_range:
-            upper = "]" if high_inclusive else ")"
-            raise ValueError(
-                f"{name}{source} must be in [{low:g}, {high:g}{upper}, received: {number!r}"
-            )
-
-    def _resolve_hyper(self, name: str) -> np.ndarray:
-        """The hyperparameter's value for this step as a 0-d array, with Keras's rounding.
-
-        Python numbers (also those returned by callables) become float32, as in a Keras hyper
-        variable; NumPy floats and arrays, given or returned, keep their own float dtype, as
-        Keras's hyper variable made from a NumPy float64 value is float64.
-        """
-        value = self._hyper[name]
-        constant = self._resolved_constants.get(name)
-        if constant is not None and constant[0] is value:
-            return constant[1]
-        if isinstance(value, schedules.LearningRateSchedule):
-            result, source = value(np.int64(self._iterations.value)), " (from its schedule)"
-        elif callable(value):
-            result, source = value(), " (returned by its callable)"
-        else:
-            result, source = value, ""
-        array = _host_scalar(result, f"{name}{source}")
-        if source:
-            self._check_hyper_value(name, array, source)
-        python_number = isinstance(result, numbers.Real) and not isinstance(result, np.generic)
-        if python_number or array.dtype.kind != "f":
-            return np.asarray(array, dtype=np.float32)
-        return array
-
-    def _resolve_hypers(self) -> dict[str, np.ndarray]:
-        return {name: self._resolve_hyper(name) for name in self._hyper}
+        self._hyper.set(name, value)
 
     def _get_hyper(self, name: str, dtype: Any = None) -> Any:
         """The value of hyperparameter `name` (callables called), cast to `dtype` if given."""
-        if self._step_hypers is not None and name in self._step_hypers:
-            value = self._step_hypers[name]
-        else:
-            value = self._resolve_hyper(name)
+        value = self._hyper.resolve(name, int(self._iterations.value))
         return value[()] if dtype is None else np.dtype(dtype).type(value[()])
 
     def _serialize_hyperparameter(self, name: str) -> Any:
-        value = self._hyper[name]
-        if isinstance(value, schedules.LearningRateSchedule):
-            return schedules.serialize(value)
-        if callable(value):
-            value = value()
-        if _is_real_number(value) and not isinstance(value, np.generic):
-            return value
-        return float(_host_scalar(value, name))
+        return self._hyper.serialize(name)
 
     def _decayed_lr(self, var_dtype: Any) -> np.generic:
         """The learning rate for this step in `var_dtype`: `lr / (1 + decay * iterations)`."""
-        dtype = np.dtype(var_dtype)
-        lr_t = self._get_hyper("learning_rate", dtype)
-        decay_t = self._get_hyper("decay", dtype)
-        if decay_t > 0:
-            local_step = dtype.type(self._iterations.value)
-            lr_t = lr_t / (dtype.type(1) + decay_t * local_step)
-        return lr_t
+        iterations = int(self._iterations.value)
+        return decayed_learning_rate(
+            self._hyper.resolve("learning_rate", iterations),
+            self._hyper.resolve("decay", iterations),
+            iterations,
+            np.dtype(var_dtype),
+        )
 
     # --- clipping settings -----------------------------------------------------------------
-    @staticmethod
-    def _checked_clip(name: str, value: Any) -> float | None:
-        if value is None:
-            return None
-        if not _is_real_number(value) and not isinstance(value, np.generic):
-            raise TypeError(f"{name} must be a number or None, got {type(value).__name__}")
-        if value < 0 or math.isnan(value):
-            raise ValueError(f"Expected {name} >= 0, received: {value}")
-        return value
-
     @property
     def clipnorm(self) -> float | None:
         """Clip each gradient to this L2 norm (None: off)."""
-        return self._clipnorm
+        return self._clipping.clipnorm
 
     @clipnorm.setter
     def clipnorm(self, value: float | None) -> None:
-        value = self._checked_clip("clipnorm", value)
-        if value is not None and self._global_clipnorm is not None:
-            raise ValueError("Cannot set `clipnorm` while `global_clipnorm` is set.")
-        self._clipnorm = value
+        value = checks.clip_threshold(value, "clipnorm")
+        checks.exclusive_clipnorms(value, self._clipping.global_clipnorm)
+        self._clipping = self._clipping._replace(clipnorm=value)
 
     @property
     def global_clipnorm(self) -> float | None:
         """Clip all gradients together to this global L2 norm (None: off)."""
-        return self._global_clipnorm
+        return self._clipping.global_clipnorm
 
     @global_clipnorm.setter
     def global_clipnorm(self, value: float | None) -> None:
-        value = self._checked_clip("global_clipnorm", value)
-        if value is not None and self._clipnorm is not None:
-            raise ValueError("Cannot set `global_clipnorm` while `clipnorm` is set.")
-        self._global_clipnorm = value
+        value = checks.clip_threshold(value, "global_clipnorm")
+        checks.exclusive_clipnorms(self._clipping.clipnorm, value)
+        self._clipping = self._clipping._replace(global_clipnorm=value)
 
     @property
     def clipvalue(self) -> float | None:
         """Clamp every gradient entry to [-clipvalue, clipvalue] (None: off)."""
-        return self._clipvalue
+        return self._clipping.clipvalue
 
     @clipvalue.setter
     def clipvalue(self, value: float | None) -> None:
-        self._clipvalue = self._checked_clip("clipvalue", value)
+        self._clipping = self._clipping._replace(
+            clipvalue=checks.clip_threshold(value, "clipvalue")
+        )
 
     # --- state ---------------------------------------------------------------------------------
     @property
@@ -304,7 +214,7 @@ class Optimizer:
                 )
             self._iterations = value
             return
-        array = _host_scalar(value, "iterations")
+        array = checks.host_scalar(value, "iterations")
         if array.dtype.kind not in "iu" and float(array) != int(array):
             raise ValueError(f"`iterations` must be a whole number, got {value!r}")
         if int(array) < 0:
@@ -320,9 +230,24 @@ class Optimizer:
         """The optimizer's state variables, as `weights`."""
         return list(self._weights)
 
+    def _track_weight(self, weight: Any) -> None:
+        if not self._weights:
+            self._weights.append(self._iterations)
+        self._weights.append(weight)
+        self._own_state = None
+
     def _ensure_iterations_tracked(self) -> None:
         if not self._weights:
             self._weights.append(self._iterations)
+            self._own_state = None
+
+    def _own_state_index(self) -> memory.SpanIndex:
+        """Where the optimizer's own weights live, to refuse them as variables."""
+        if self._own_state is None:
+            self._own_state = memory.SpanIndex(
+                [_backend_of_weight(w).span(w) for w in self._weights]
+            )
+        return self._own_state
 
     def add_weight(
         self,
@@ -335,11 +260,10 @@ class Optimizer:
         aggregation: Any = None,
     ) -> Variable:
         """Create a host state variable (NumPy) and append it to `weights`."""
-        self._ensure_iterations_tracked()
         dtype = np.dtype(np.float32 if dtype is None else dtype)
         initial = _initial_value(initializer, tuple(shape), dtype, name)
         weight = Variable(initial, name=name, dtype=dtype, trainable=bool(trainable))
-        self._weights.append(weight)
+        self._track_weight(weight)
         return weight
 
     def add_slot(
@@ -348,30 +272,34 @@ class Optimizer:
         """Create (or return the existing) slot `slot_name` for `var`, beside it in memory."""
         backend = self._backend_of(var)
         backend.check_variable(var)
-        slots = self._slots.get(id(var), {})
-        if slot_name in slots:
+        slots = self._slots.get(var)
+        if slots is not None and slot_name in slots:
             return slots[slot_name]
         dtype = backend.dtype(var)
         slot_shape = backend.shape(var) if shape is None else tuple(shape)
         initial = _initial_value(initializer, slot_shape, dtype, slot_name)
         var_name = getattr(var, "name", None) or "variable"
         slot = backend.new_slot(var, f"{var_name}/{slot_name}", initial)
-        self._ensure_iterations_tracked()
         if slot_name not in self._slot_names:
             self._slot_names.append(slot_name)
-        self._slots.setdefault(id(var), {})[slot_name] = slot
-        self._slot_owners[id(var)] = var
-        self._weights.append(slot)
+        self._slots.add(var, slot_name, slot)
+        self._track_weight(slot)
         return slot
 
     def _lacking_slots(self, var_list: list[Any], slot_names: tuple[str, ...]) -> list[Any]:
-        """The variables of `var_list` that lack one of `slot_names`."""
-        slots, wanted, none = self._slots, set(slot_names), {}
-        return [var for var in var_list if not wanted <= slots.get(id(var), none).keys()]
+        """The variables of `var_list` that lack one of `slot_names` (each once)."""
+        wanted, lacking, seen = set(slot_names), [], set()
+        for var in var_list:
+            key = variable_key(var)
+            slots = self._slots.get_by_key(key)
+            if (slots is None or not wanted <= slots.keys()) and key not in seen:
+                seen.add(key)
+                lacking.append(var)
+        return lacking
 
     def get_slot(self, var: Any, slot_name: str) -> Any:
         """The slot `slot_name` of `var`; KeyError if it does not exist."""
-        slots = self._slots.get(id(var))
+        slots = self._slots.get(var)
         if slots is None or slot_name not in slots:
             backend = backend_for(var)
             described = backend.describe(var) if backend else repr(var)
@@ -387,18 +315,20 @@ class Optimizer:
 
     def get_weights(self) -> list[np.ndarray]:
         """NumPy copies of `weights`, in the same order."""
-        return [_backend_of_weight(w).to_numpy(w) for w in self._weights]
+        with self._lock:
+            return [_backend_of_weight(w).to_numpy(w) for w in self._weights]
 
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Overwrite the optimizer's state from a list as `get_weights` returns it.
 
         Every length, shape and dtype is checked before anything is written.
         """
-        backends = [_backend_of_weight(param) for param in self._weights]
-        shapes = [tuple(b.shape(p)) for b, p in zip(backends, self._weights, strict=True)]
-        arrays = checked_weight_arrays(self._name, shapes, weights)
-        for backend, param, array in zip(backends, self._weights, arrays, strict=True):
-            backend.write(param, array.astype(backend.dtype(param)))
+        with engine.exclusive_step(self._lock):
+            backends = [_backend_of_weight(param) for param in self._weights]
+            shapes = [tuple(b.shape(p)) for b, p in zip(backends, self._weights, strict=True)]
+            arrays = checked_weight_arrays(self._name, shapes, weights)
+            for backend, param, array in zip(backends, self._weights, arrays, strict=True):
+                backend.write(param, array.astype(backend.dtype(param)))
 
     def build(self, var_list: Iterable[Any]) -> None:
         """Create the optimizer's state for `var_list` without taking a step.
@@ -410,10 +340,16 @@ class Optimizer:
             1
         """
         variables = list(var_list)
-        seen: dict[int, int] = {}
-        for position, var in enumerate(variables):
-            self._check_variable(var, position, seen)
-        self._create_all_weights(variables)
+        with engine.exclusive_step(self._lock):
+            backends = [self._check_variable(var, p) for p, var in enumerate(variables)]
+            seen: dict[Any, int] = {}
+            for position, (backend, var) in enumerate(zip(backends, variables, strict=True)):
+                self._check_distinct(backend, var, variable_key(var), position, seen)
+            engine.check_variable_memory(
+                list(zip(backends, variables, strict=True)), self._own_state_index(),
+                lambda p: backends[p].describe(variables[p]),
+            )
+            self._create_all_weights(variables)
 
     def _create_all_weights(self, var_list: list[Any]) -> None:
         self._ensure_iterations_tracked()
@@ -424,17 +360,37 @@ class Optimizer:
         """Create the slots of each variable (subclasses)."""
 
     def _prepare(
-        self, places: list[tuple[str, np.dtype]]
-    ) -> dict[tuple[str, np.dtype], dict[str, Any]]:
-        """Compute this step's constants once per (device, dtype) among `places`."""
-        apply_state: dict[tuple[str, np.dtype], dict[str, Any]] = {}
-        for place in dict.fromkeys(places):  # distinct, in order of first appearance
+        self, places: Iterable[tuple[str, np.dtype]], hypers: dict[str, np.ndarray],
+        iterations: int,
+    ) -> dict[Any, Any]:
+        """This step's constants once per (device, dtype) among `places`: `apply_state`.
+
+        `apply_state[HYPERS]` holds the step's resolved hyperparameters.
+        """
+        apply_state: dict[Any, Any] = {HYPERS: hypers}
+        places = list(dict.fromkeys(places))
+        context = self._step_context(places, hypers, iterations)
+        if context is not None:
+            apply_state[STEP_CONTEXT] = context
+        for place in places:  # distinct, in order of first appearance
             apply_state[place] = {}
             self._prepare_local(place[0], place[1], apply_state)
         return apply_state
 
+    def _step_context(
+        self, places: list[tuple[str, np.dtype]], hypers: dict[str, np.ndarray], iterations: int
+    ) -> engine.StepContext | None:
+        """The engine's scalars for this step (subclasses driving the Nadam engine)."""
+        return None
+
     def _prepare_local(self, var_device: str, var_dtype: np.dtype, apply_state: dict) -> None:
-        if "learning_rate" in self._hyper:
+        hypers = apply_state.get(HYPERS)
+        if hypers is not None and "learning_rate" in hypers:
+            apply_state[(var_device, var_dtype)]["lr_t"] = decayed_learning_rate(
+                hypers["learning_rate"], hypers["decay"],
+                int(self._iterations.value), np.dtype(var_dtype),
+            )
+        elif "learning_rate" in self._hyper:
             apply_state[(var_device, var_dtype)]["lr_t"] = self._decayed_lr(var_dtype)
 
     def _resource_apply_dense(self, grad: Any, var: Any, apply_state: dict) -> None:
@@ -453,12 +409,18 @@ class Optimizer:
         unique = backend.dedupe(SparseGrad(grad, indices))
         self._resource_apply_sparse(unique.values, var, unique.indices, apply_state)
 
-    def _apply_dense_group(
-        self, backend: Backend, variables: list[Any], grads: list[Any], apply_state: dict
-    ) -> None:
-        """Update variables of one (backend, device, dtype) group; subclasses may fuse."""
-        for grad, var in zip(grads, variables, strict=True):
-            self._resource_apply_dense(grad, var, apply_state)
+    def _apply_updates(self, updates: list[engine.Update], apply_state: dict) -> None:
+        """Update every variable: Keras's per-variable hooks (subclasses may fuse)."""
+        for update in updates:
+            if isinstance(update.grad, SparseGrad):
+                self._resource_apply_sparse_duplicate_indices(
+                    update.grad.values, update.var, update.grad.indices, apply_state
+                )
+            else:
+                self._resource_apply_dense(update.grad.array, update.var, apply_state)
+
+    def _commit(self, apply_state: dict) -> None:
+        """Write what the step computed beside the variables (subclasses: Nadam's cache)."""
 
     # --- the step --------------------------------------------------------------------------------
     def apply_gradients(
@@ -472,21 +434,28 @@ class Optimizer:
         `grads_and_vars` holds (gradient, variable) pairs; a gradient may be an array, an
         `IndexedSlices` or None (dropped with a warning). When running data-parallel and
         `experimental_aggregate_gradients` is True, gradients are summed across replicas
-        first; then clipping applies; then the update; then `iterations += 1`.
+        first; then clipping applies; then the update; then `iterations += 1`. Nothing
+        changes unless the whole step succeeds; one optimizer's steps run one at a time.
         """
-        pairs = self._validated_pairs(grads_and_vars)
-        hypers = self._resolve_hypers()
-        grads = self._transform_gradients(pairs, experimental_aggregate_gradients)
-        variables = [pair.var for pair in pairs]
-        self._step_hypers = hypers
-        try:
-            self._create_all_weights(variables)
-            apply_state = self._prepare([pair.place for pair in pairs])
-            self._apply_updates(pairs, grads, apply_state)
-            self._iterations.assign_add(np.int64(1))
-        finally:
-            self._step_hypers = None
-        return int(self._iterations.value)
+        items = self._pair_list(grads_and_vars)
+        with engine.exclusive_step(self._lock):
+            iterations = int(self._iterations.value)
+            updates = self._checked_updates(items)
+            hypers = self._hyper.resolve_all(iterations)
+            if experimental_aggregate_gradients:
+                self._aggregate(updates)
+            if self._clipping != engine.NO_CLIPPING:
+                engine.clip(updates, (self._clipping,))
+            # The commit: nothing below can fail on user input.
+            if not self._weights or any(update.m is None for update in updates):
+                self._create_all_weights([update.var for update in updates])
+            apply_state = self._prepare(
+                [(update.device, update.dtype) for update in updates], hypers, iterations
+            )
+            self._apply_updates(updates, apply_state)
+            self._commit(apply_state)
+            self._iterations.assign(np.int64(iterations + 1))
+        return iterations + 1
 
     def _backend_of(self, var: Any, position: int | None = None) -> Backend:
         backend = backend_for(var)
@@ -498,18 +467,30 @@ class Optimizer:
             )
         return backend
 
-    def _check_variable(self, var: Any, position: int, seen: dict[int, int]) -> Backend:
+    def _check_variable(self, var: Any, position: int) -> Backend:
         backend = self._backend_of(var, position)
         backend.check_variable(var)
-        if id(var) in seen:
+        if self._slots.changed_in_place(var, variable_key(var)):
             raise ValueError(
-                f"Variable {backend.describe(var)} appears twice (positions {seen[id(var)]} "
-                f"and {position}); pass it once with the sum of its gradients"
+                f"Variable {backend.describe(var)} was reshaped or re-typed in place after the "
+                "optimizer made its slots; give it back its shape and dtype, or pass a new "
+                "array"
             )
-        seen[id(var)] = position
         return backend
 
-    def _validated_pairs(self, grads_and_vars: Iterable[tuple[Any, Any]]) -> list[_Pair]:
+    @staticmethod
+    def _check_distinct(
+        backend: Backend, var: Any, key: Any, position: int, seen: dict[Any, int]
+    ) -> None:
+        if key in seen:
+            raise ValueError(
+                f"Variable {backend.describe(var)} appears twice (positions {seen[key]} "
+                f"and {position}); pass it once with the sum of its gradients"
+            )
+        seen[key] = position
+
+    @staticmethod
+    def _pair_list(grads_and_vars: Iterable[tuple[Any, Any]]) -> list[Any]:
         if isinstance(grads_and_vars, str | bytes | dict) or not isinstance(
             grads_and_vars, Iterable
         ):
@@ -520,24 +501,60 @@ class Optimizer:
         items = list(grads_and_vars)
         if not items:
             raise ValueError("apply_gradients received an empty list of (gradient, variable)")
-        pairs: list[_Pair] = []
+        return items
+
+    def _checked_updates(self, items: list[Any]) -> list[engine.Update]:
+        """Every pair checked (variable, gradient, slots, memory) before anything changes.
+
+        A variable unchanged since the previous step (same object, same memory, same shape,
+        dtype and flags) keeps what that step learned about it (`engine.VariableMemo`), and
+        the same variables as in the previous step need no pairwise comparison.
+        """
+        memo = self._memo
+        known_variables: list[engine.KnownVariable] = []
+        with_gradients: list[engine.KnownVariable] = []
+        updates: list[engine.Update] = []
         missing: list[str] = []
-        seen: dict[int, int] = {}
         for position, item in enumerate(items):
-            if not isinstance(item, tuple | list) or len(item) != 2:
+            if (type(item) is not tuple or len(item) != 2) and (
+                not isinstance(item, tuple | list) or len(item) != 2
+            ):
                 raise TypeError(
                     f"Item {position} of grads_and_vars is not a (gradient, variable) pair: "
                     f"{item!r}"
                 )
             grad, var = item
-            backend = self._check_variable(var, position, seen)
+            known = memo.recall(var)
+            if known is None:
+                known = memo.learn(self._check_variable(var, position), var, variable_key(var))
+            known_variables.append(known)
+            backend = known.backend
             if grad is None:
                 missing.append(backend.describe(var))
                 continue
-            place = (backend.device(var), backend.dtype(var))
-            pairs.append(_Pair(backend, var, backend.gradient(grad, var), place))
-        if not pairs:
+            update = known.update
+            update.grad = backend.gradient(grad, var)
+            if known.m is None:
+                slots = self._slots.get(var)
+                if slots:
+                    update.m = slots["m"] if "m" in slots else next(iter(slots.values()))
+                    update.v = slots.get("v")
+                    engine.check_slots_fit(update, lambda b=backend, v=var: b.describe(v))
+                    known.m = update.m  # they fit while `var` is unchanged
+            updates.append(update)
+            with_gradients.append(known)
+        if not memo.same_variables(known_variables):
+            seen: dict[Any, int] = {}
+            for position, known in enumerate(known_variables):
+                self._check_distinct(known.backend, known.var, known.key, position, seen)
+        if not updates:
             raise ValueError(f"No gradients provided for any variable: [{', '.join(missing)}].")
+        index = memo.variable_index(
+            with_gradients, self._own_state_index(),
+            lambda p: with_gradients[p].backend.describe(with_gradients[p].var),
+        )
+        engine.copy_aliased_gradients(updates, index)
+        memo.remember(known_variables)
         if missing:
             warnings.warn(
                 f"Gradients do not exist for variables [{', '.join(missing)}] when minimizing "
@@ -545,68 +562,34 @@ class Optimizer:
                 UserWarning,
                 stacklevel=3,
             )
-        return pairs
+        return updates
 
-    def _transform_gradients(
-        self, pairs: list[_Pair], aggregate: bool
-    ) -> list[DenseGrad | SparseGrad]:
-        grads = [pair.grad for pair in pairs]
-        if aggregate:
-            grads = self._aggregate_gradients(pairs, grads)
-        if self._clipvalue is not None:
-            grads = [
-                clipping.clip_by_value(pair.backend, grad, self._clipvalue)
-                for pair, grad in zip(pairs, grads, strict=True)
-            ]
-        if self._clipnorm is not None:
-            grads = [
-                clipping.clip_by_norm(pair.backend, grad, self._clipnorm)
-                for pair, grad in zip(pairs, grads, strict=True)
-            ]
-        if self._global_clipnorm is not None:
-            grads = clipping.clip_by_global_norm(
-                [(pair.backend, grad) for pair, grad in zip(pairs, grads, strict=True)],
-                self._global_clipnorm,
-            )
-        return grads
-
-    def _aggregate_gradients(
-        self, pairs: list[_Pair], grads: list[DenseGrad | SparseGrad]
-    ) -> list[DenseGrad | SparseGrad]:
+    def _aggregate(self, updates: list[engine.Update]) -> None:
         """Sum gradients across data-parallel replicas, one collective call per backend."""
-        backend = pairs[0].backend
-        if all(pair.backend is backend for pair in pairs):  # the usual case: one library
-            return backend.all_reduce_sum(grads)
-        result = list(grads)
-        by_backend: dict[str, list[int]] = {}
-        for position, pair in enumerate(pairs):
-            by_backend.setdefault(pair.backend.name, []).append(position)
-        for positions in by_backend.values():
-            backend = pairs[positions[0]].backend
-            reduced = backend.all_reduce_sum([grads[p] for p in positions])
-            for position, grad in zip(positions, reduced, strict=True):
-                result[position] = grad
-        return result
-
-    def _apply_updates(
-        self, pairs: list[_Pair], grads: list[DenseGrad | SparseGrad], apply_state: dict
-    ) -> None:
-        groups: dict[tuple[str, str, np.dtype], tuple[Backend, list[Any], list[Any]]] = {}
-        sparse: list[tuple[_Pair, SparseGrad]] = []
-        for pair, grad in zip(pairs, grads, strict=True):
-            if isinstance(grad, SparseGrad):
-                sparse.append((pair, grad))
-                continue
-            backend = pair.backend
-            group = groups.setdefault((backend.name, *pair.place), (backend, [], []))
-            group[1].append(pair.var)
-            group[2].append(grad.array)
-        for backend, variables, arrays in groups.values():
-            self._apply_dense_group(backend, variables, arrays, apply_state)
-        for pair, grad in sparse:
-            self._resource_apply_sparse_duplicate_indices(
-                grad.values, pair.var, grad.indices, apply_state
+        if type(self)._aggregate_gradients is Optimizer._aggregate_gradients and all(
+            update.backend is NUMPY_BACKEND for update in updates
+        ):
+            return  # NumPy arrays live in one process: nothing to sum
+        by_backend: dict[str, list[engine.Update]] = {}
+        for update in updates:
+            by_backend.setdefault(update.backend.name, []).append(update)
+        for members in by_backend.values():
+            reduced = self._aggregate_gradients(
+                [(update.grad, update.var) for update in members]
             )
+            for update, (grad, _) in zip(members, reduced, strict=True):
+                update.grad = grad
+
+    def _aggregate_gradients(self, grads_and_vars: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+        """Sum gradients across replicas (TF 2.3's hook); identity outside data parallelism.
+
+        Called with the step's validated gradients of one array library.
+        """
+        if not grads_and_vars:
+            return grads_and_vars
+        backend = self._backend_of(grads_and_vars[0][1])
+        reduced = backend.all_reduce_sum([grad for grad, _ in grads_and_vars])
+        return [(grad, var) for grad, (_, var) in zip(reduced, grads_and_vars, strict=True)]
 
     # --- gradients from a loss -----------------------------------------------------------
     def _loss_backend(self, var_list: list[Any]) -> Backend:
@@ -673,12 +656,9 @@ class Optimizer:
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments as plain JSON-serializable values."""
         config: dict[str, Any] = {"name": self._name}
-        if self._clipnorm is not None:
-            config["clipnorm"] = self._clipnorm
-        if self._global_clipnorm is not None:
-            config["global_clipnorm"] = self._global_clipnorm
-        if self._clipvalue is not None:
-            config["clipvalue"] = self._clipvalue
+        for key, value in self._clipping._asdict().items():
+            if value is not None:
+                config[key] = value
         return config
 
     @classmethod

@@ -70,6 +70,41 @@ class Backend(Protocol):
         always runs the reference kernel.
         """
 
+    def as_read_only_numpy_view(self, array: Any) -> np.ndarray | None:
+        """A read-only NumPy array sharing memory with `array`, without copying; else None.
+
+        What the fused CPU kernel only reads (gradients, sparse indices) is lent this way, so
+        lending it is not a write: a framework that tracks in-place writes (torch's autograd
+        version counters) must not count it as one. The view may be cached and lent again.
+        Optional: for a backend without this method the kernel reads through `as_numpy_view`
+        (and then marks its result read-only itself).
+        """
+
+    def signature(self, var: Any) -> Any:
+        """A cheap, comparable summary of everything the checks of `var` depend on (its
+        memory, shape, strides, dtype, writability): while it is unchanged, so are they.
+
+        It may identify the array by `id()`: the caller keeps `read(var)` alive meanwhile."""
+
+    def span(self, var_or_array: Any) -> tuple[int, int] | None:
+        """The bytes ``[low, high)`` a variable's or array's elements occupy (None: none).
+
+        Memory of different devices never compares equal (device pointers are unique within
+        the process)."""
+
+    def memory_owner(self, var_or_array: Any) -> Any:
+        """A hashable name of the allocation that holds the elements (two arrays of different
+        owners never share memory), or None where that is not cheaply known."""
+
+    def overlaps_itself(self, var: Any) -> bool:
+        """Whether two elements of `var` share memory (a stride of 0, an expand())."""
+
+    def shares_memory(self, a: Any, b: Any) -> bool:
+        """Whether two variables or arrays whose spans meet really share an element."""
+
+    def copy(self, array: Any) -> Any:
+        """A copy of an array, in new memory on the same device."""
+
     def write(self, var: Any, array: Any) -> None:
         """Replace the whole value of `var` (same shape and dtype)."""
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from nadam import memory
 from nadam.backends.base import DenseGrad, SparseGrad
 from nadam.variables import IndexedSlices, Variable, track_reads
 
@@ -46,11 +47,13 @@ class NumpyBackend:
             return f"'{var.name}'"
         return f"ndarray(shape={var.shape}, dtype={var.dtype})"
 
-    def slot_prefix(self, var: Any) -> str:
-        return var.name if isinstance(var, Variable) else "array"
-
     def check_variable(self, var: Any) -> None:
         array = self.read(var)
+        if isinstance(array, np.ma.MaskedArray):
+            raise TypeError(
+                f"Variable {self.describe(var)} is a masked array; Nadam would ignore its mask. "
+                "Train the plain array (`.data`) or fill the masked entries first"
+            )
         if array.dtype not in TRAINABLE_DTYPES:
             raise TypeError(
                 f"Variable {self.describe(var)} has dtype {array.dtype}; Nadam trains only "
@@ -81,6 +84,37 @@ class NumpyBackend:
         value = var_or_array._value if isinstance(var_or_array, Variable) else var_or_array
         return value if isinstance(value, np.ndarray) else None
 
+    def signature(self, var: Any) -> Any:
+        array = var._value if isinstance(var, Variable) else var
+        return (id(array), array.shape, array.strides, array.dtype, array.flags.writeable)
+
+    def memory_owner(self, var_or_array: Any) -> Any:
+        array = var_or_array._value if isinstance(var_or_array, Variable) else var_or_array
+        base = getattr(array, "base", False)
+        if base is None:  # an array without a base owns its memory
+            return id(array)
+        if type(base) is np.ndarray and base.base is None:
+            return id(base)  # NumPy collapses chains of views onto the owning array
+        return None  # memory owned by another object (a buffer, a mapping): not known
+
+    def span(self, var_or_array: Any) -> tuple[int, int] | None:
+        array = var_or_array._value if isinstance(var_or_array, Variable) else var_or_array
+        if not isinstance(array, np.ndarray):
+            return None
+        start = memory.address(array)
+        if array.flags.c_contiguous:
+            return (start, start + array.nbytes) if array.size else None
+        return memory.strided_span(start, array.shape, array.strides, array.itemsize)
+
+    def overlaps_itself(self, var: Any) -> bool:
+        return memory.overlaps_itself(self.read(var))
+
+    def shares_memory(self, a: Any, b: Any) -> bool:
+        return bool(np.shares_memory(self.read(a), self.read(b)))
+
+    def copy(self, array: Any) -> np.ndarray:
+        return np.array(array, copy=True)
+
     def write(self, var: Any, array: Any) -> None:
         np.copyto(self.read(var), array, casting="unsafe")
 
@@ -95,6 +129,11 @@ class NumpyBackend:
         if isinstance(value, Variable):
             value = value._value
         dtype = self.dtype(var)
+        if isinstance(value, np.ma.MaskedArray):
+            raise TypeError(
+                f"{what} for variable {self.describe(var)} is a masked array; its mask would be "
+                "ignored. Pass a plain array (e.g. `.filled(0)`)"
+            )
         if isinstance(value, np.ndarray | np.generic):
             array = np.asarray(value)
             if array.dtype != dtype:

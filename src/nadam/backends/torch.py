@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nadam import memory
 from nadam.backends.base import DenseGrad, SparseGrad
 from nadam.backends.numpy import NUMPY_BACKEND
 from nadam.variables import IndexedSlices
@@ -50,38 +51,65 @@ def _numpy_view(tensor: torch.Tensor) -> np.ndarray:
 
 
 class _ViewCache:
-    """The same NumPy view for a tensor's memory every time it is lent.
+    """The same NumPy views for a tensor's memory every time it is lent.
 
     The fused CPU kernel caches its address tables under the identity of the views it gets
     (`nadam.kernels.cpu`), so a parameter or slot that is lent a fresh view every step would
-    rebuild its table every step. A view is reused while the tensor lives and still has the
-    same memory, dtype and shape; the entry goes when the tensor is freed. A tensor whose
-    `.data` was replaced keeps its old storage alive until its next lending replaces the view.
+    rebuild its table every step. A tensor has up to two views: a writable one and a read-only
+    one (a view of the first, for gradients). They are reused while the tensor lives and still
+    has the same memory, dtype and shape; the entry goes when the tensor is freed. A tensor
+    whose `.data` was replaced keeps its old storage alive until its next lending replaces the
+    views.
     """
 
     def __init__(self) -> None:
-        self._entries: dict[int, tuple[Any, int, torch.dtype, torch.Size, np.ndarray]] = {}
+        # id(tensor) -> [weakref, data_ptr, dtype, shape, writable view, read-only view or None]
+        self._entries: dict[int, list[Any]] = {}
 
-    def view_of(self, tensor: torch.Tensor) -> np.ndarray:
+    def view_of(self, tensor: torch.Tensor, writable: bool = True) -> np.ndarray:
         key, address = id(tensor), tensor.data_ptr()
         entry = self._entries.get(key)
-        if (
+        if not (
             entry is not None
             and entry[0]() is tensor
             and entry[1] == address
             and entry[2] == tensor.dtype
             and entry[3] == tensor.shape
         ):
+            entry = self._new_entry(key, tensor, address)
+        if writable:
             return entry[4]
-        view = tensor.detach().numpy()
+        read_only = entry[5]
+        if read_only is None:
+            read_only = entry[4].view()
+            read_only.flags.writeable = False
+            entry[5] = read_only
+        return read_only
+
+    def _new_entry(self, key: int, tensor: torch.Tensor, address: int) -> list[Any]:
         entries = self._entries
 
         def forget(ref: Any, key: int = key) -> None:
             if entries.get(key, (None,))[0] is ref:
                 del entries[key]
 
-        entries[key] = (weakref.ref(tensor, forget), address, tensor.dtype, tensor.shape, view)
-        return view
+        entry = [
+            weakref.ref(tensor, forget), address, tensor.dtype, tensor.shape,
+            tensor.detach().numpy(), None,
+        ]
+        entries[key] = entry
+        return entry
+
+
+@torch.compiler.disable
+def _view_outside_the_graph(views: _ViewCache, tensor: torch.Tensor) -> np.ndarray:
+    """A read-only view lent while dynamo traces a step (a compiled function calling `step()`).
+
+    Traced, the NumPy calls behind a view would become tensor operations and the fused kernel
+    would not get an ndarray; here dynamo breaks the graph and the view is made eagerly. Only
+    the traced path pays for this: eagerly, `torch.compiler.is_compiling()` is one cheap call.
+    """
+    return views.view_of(tensor, writable=False)
 
 
 class TorchBackend:
@@ -153,10 +181,10 @@ class TorchBackend:
     def as_numpy_view(self, var_or_array: Any) -> np.ndarray | None:
         """A writable zero-copy NumPy view of a contiguous CPU tensor, else None.
 
-        Fused CPU kernels use it to work on parameters, gradients and slots in place. Lending a
-        writable view counts as an in-place write for autograd: the tensor's version counter is
-        bumped, so a backward pass through a graph that saved it fails loudly, as it would
-        after torch's own in-place ops.
+        Fused CPU kernels use it to update parameters and slots in place. Lending a writable
+        view counts as an in-place write for autograd: the tensor's version counter is bumped,
+        so a backward pass through a graph that saved it fails loudly, as it would after
+        torch's own in-place ops.
 
         Example:
             >>> t = torch.zeros(3)
@@ -164,19 +192,72 @@ class TorchBackend:
             >>> t.tolist()
             [1.0, 0.0, 0.0]
         """
+        if not self._viewable(var_or_array):
+            return None
+        torch.autograd.graph.increment_version(var_or_array)
+        return self._views.view_of(var_or_array)
+
+    def as_read_only_numpy_view(self, array: Any) -> np.ndarray | None:
+        """A read-only zero-copy NumPy view of a contiguous CPU tensor, else None.
+
+        For what a kernel only reads (gradients, sparse indices). It is not a write, so the
+        tensor's version counter stays as it is: a graph that saved the gradient (a loss built
+        from `p.grad`, a gradient penalty) can still be differentiated after the step.
+
+        Example:
+            >>> g = torch.ones(3)
+            >>> view = TORCH_BACKEND.as_read_only_numpy_view(g)
+            >>> view.flags.writeable, g._version
+            (False, 0)
+        """
+        if not self._viewable(array):
+            return None
+        if torch.compiler.is_compiling():
+            return _view_outside_the_graph(self._views, array)
+        return self._views.view_of(array, writable=False)
+
+    @staticmethod
+    def _viewable(tensor: Any) -> bool:
+        """Whether NumPy can see `tensor`'s memory as it is: a contiguous CPU tensor of a
+        NumPy dtype, with no lazy negation or conjugation pending."""
+        return (
+            isinstance(tensor, torch.Tensor)
+            and tensor.layout is torch.strided
+            and tensor.is_cpu
+            and tensor.dtype in _VIEWABLE_DTYPES
+            and tensor.is_contiguous()
+            and not tensor.is_neg()
+            and not tensor.is_conj()
+        )
+
+    def signature(self, var: Any) -> Any:
+        return (
+            var.data_ptr(), var.shape, var.stride(), var.dtype, var.requires_grad, var.is_leaf,
+            var.layout,
+        )
+
+    def span(self, var_or_array: Any) -> tuple[int, int] | None:
         tensor = var_or_array
         if not isinstance(tensor, torch.Tensor) or tensor.layout is not torch.strided:
             return None
-        if (
-            not tensor.is_cpu
-            or tensor.dtype not in _VIEWABLE_DTYPES
-            or not tensor.is_contiguous()
-            or tensor.is_neg()
-            or tensor.is_conj()
-        ):
-            return None
-        torch.autograd.graph.increment_version(tensor)
-        return self._views.view_of(tensor)
+        itemsize = tensor.element_size()
+        return memory.strided_span(
+            tensor.data_ptr(), tensor.shape, [s * itemsize for s in tensor.stride()], itemsize
+        )
+
+    def memory_owner(self, var_or_array: Any) -> Any:
+        return None  # a storage's identity costs as much as the span: compare spans
+
+    def overlaps_itself(self, var: Any) -> bool:
+        return memory.strided_self_overlap(var.shape, var.stride(), 1)
+
+    def shares_memory(self, a: Any, b: Any) -> bool:
+        if a.is_cpu and b.is_cpu and a.dtype in _VIEWABLE_DTYPES and b.dtype in _VIEWABLE_DTYPES:
+            return bool(np.shares_memory(_numpy_view(a), _numpy_view(b)))
+        return True  # on a device: the byte spans meet, which is all that can be told cheaply
+
+    def copy(self, array: Any) -> torch.Tensor:
+        return array.detach().clone()
 
     def to_numpy(self, var_or_array: Any) -> np.ndarray:
         return var_or_array.detach().to("cpu", copy=True).resolve_neg().numpy()

@@ -25,8 +25,9 @@ How Keras's state maps onto torch.optim's:
 
 from __future__ import annotations
 
-import math
 import numbers
+import threading
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -35,11 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from nadam import clipping, kernels
-from nadam.backends.base import DenseGrad, SparseGrad
+from nadam import checks, engine
 from nadam.backends.torch import TORCH_BACKEND
-from nadam.nadam import nadam_scalars
-from nadam.optimizer import Optimizer as _KerasOptimizer
 from nadam.optimizer import checked_weight_arrays
 
 __all__ = ["Nadam"]
@@ -61,20 +59,13 @@ class _GroupHypers:
     clipvalue: float | None
     global_clipnorm: float | None
 
-
-def _number(value: Any, name: str, low: float, high: float, high_inclusive: bool) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    number = float(value)
-    in_range = low <= number and (number <= high if high_inclusive else number < high)
-    if math.isnan(number) or not in_range:
-        upper = "]" if high_inclusive else ")"
-        raise ValueError(f"{name} must be in [{low:g}, {high:g}{upper}, received: {value!r}")
-    return number
+    def for_engine(self) -> tuple[engine.Hypers, engine.Clipping]:
+        """The engine's view: numbers rounded through float32 as Keras's hyper variables."""
+        return (
+            engine.Hypers.of(self.lr, self.beta_1, self.beta_2, self.eps, self.decay,
+                             self.schedule_decay),
+            engine.Clipping(self.clipvalue, self.clipnorm, self.global_clipnorm),
+        )
 
 
 def _group_hypers(group: dict[str, Any], where: str) -> _GroupHypers:
@@ -83,26 +74,20 @@ def _group_hypers(group: dict[str, Any], where: str) -> _GroupHypers:
         betas = group["betas"]
         if isinstance(betas, torch.Tensor) or not isinstance(betas, Sequence) or len(betas) != 2:
             raise TypeError(f"betas must be a pair (beta_1, beta_2), got {betas!r}")
-        clipnorm = _KerasOptimizer._checked_clip("clipnorm", group["clipnorm"])
-        global_clipnorm = _KerasOptimizer._checked_clip(
-            "global_clipnorm", group["global_clipnorm"]
-        )
-        if clipnorm is not None and global_clipnorm is not None:
-            raise ValueError(
-                "Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
-                f"`clipnorm`={clipnorm}, `global_clipnorm`={global_clipnorm}."
-            )
-        eps = group["eps"]
+        clipnorm = checks.clip_threshold(group["clipnorm"], "clipnorm")
+        global_clipnorm = checks.clip_threshold(group["global_clipnorm"], "global_clipnorm")
+        checks.exclusive_clipnorms(clipnorm, global_clipnorm)
         return _GroupHypers(
-            lr=_number(group["lr"], "lr", 0.0, math.inf, True),
-            beta_1=_number(betas[0], "betas[0]", 0.0, 1.0, False),
-            beta_2=_number(betas[1], "betas[1]", 0.0, 1.0, False),
-            # As Keras: an epsilon of None or 0 means 1e-7.
-            eps=(_number(eps, "eps", 0.0, math.inf, True) or 1e-7) if eps is not None else 1e-7,
-            schedule_decay=_number(group["schedule_decay"], "schedule_decay", 0.0, math.inf, True),
-            decay=_number(group["decay"], "decay", 0.0, math.inf, True),
+            lr=checks.real_number(group["lr"], "lr", checks.NON_NEGATIVE),
+            beta_1=checks.real_number(betas[0], "betas[0]", checks.UNIT_INTERVAL),
+            beta_2=checks.real_number(betas[1], "betas[1]", checks.UNIT_INTERVAL),
+            eps=checks.epsilon(group["eps"], "eps"),
+            schedule_decay=checks.real_number(
+                group["schedule_decay"], "schedule_decay", checks.NON_NEGATIVE
+            ),
+            decay=checks.real_number(group["decay"], "decay", checks.NON_NEGATIVE),
             clipnorm=clipnorm,
-            clipvalue=_KerasOptimizer._checked_clip("clipvalue", group["clipvalue"]),
+            clipvalue=checks.clip_threshold(group["clipvalue"], "clipvalue"),
             global_clipnorm=global_clipnorm,
         )
     except (TypeError, ValueError) as error:
@@ -124,25 +109,6 @@ def _check_shared_schedule(hypers: Sequence[_GroupHypers]) -> None:
                     "optimizer, as in Keras, so betas[0] and schedule_decay must be equal in "
                     "every group"
                 )
-
-
-def _decayed_lr(hyper: _GroupHypers, dtype: np.dtype, iterations: int) -> np.generic:
-    # As Optimizer._decayed_lr: numbers go through float32 (Keras's hyper variables), then the
-    # variable's dtype; time-inverse decay over the global step.
-    lr_t = dtype.type(np.float32(hyper.lr))
-    decay_t = dtype.type(np.float32(hyper.decay))
-    if decay_t > 0:
-        lr_t = lr_t / (dtype.type(1) + decay_t * dtype.type(iterations))
-    return lr_t
-
-
-@dataclass(slots=True)
-class _Entry:
-    """One parameter to update this step: where it is, its group and its checked gradient."""
-
-    group: int
-    param: torch.Tensor
-    grad: DenseGrad | SparseGrad
 
 
 class Nadam(torch.optim.Optimizer):
@@ -294,96 +260,74 @@ class Nadam(torch.optim.Optimizer):
             self._step()
         return loss
 
-    def _collect(self) -> list[_Entry]:
-        entries = []
+    def _collect(self) -> list[engine.Update]:
+        """Every parameter with a gradient, checked (tensor, gradient, slots, memory)."""
+        updates = []
+        names = []
+        state = self.state
         for index, group in enumerate(self.param_groups):
             for position, param in enumerate(group["params"]):
                 grad = param.grad
                 if grad is None:
                     continue
                 where = partial(_param_name, index, position)
-                checked = _checked(where, _checked_gradient, param, grad)
-                entries.append(_Entry(index, param, checked))
-        return entries
-
-    def _clip(self, entries: list[_Entry], hypers: Sequence[_GroupHypers]) -> None:
-        for entry in entries:
-            hyper = hypers[entry.group]
-            if hyper.clipvalue is not None:
-                entry.grad = clipping.clip_by_value(TORCH_BACKEND, entry.grad, hyper.clipvalue)
-            if hyper.clipnorm is not None:
-                entry.grad = clipping.clip_by_norm(TORCH_BACKEND, entry.grad, hyper.clipnorm)
-        by_threshold: dict[float, list[_Entry]] = {}
-        for entry in entries:
-            threshold = hypers[entry.group].global_clipnorm
-            if threshold is not None:
-                by_threshold.setdefault(threshold, []).append(entry)
-        for threshold, members in by_threshold.items():
-            clipped = clipping.clip_by_global_norm(
-                [(TORCH_BACKEND, entry.grad) for entry in members], threshold
-            )
-            for entry, grad in zip(members, clipped, strict=True):
-                entry.grad = grad
-
-    def _step(self) -> None:
-        hypers = [
-            _group_hypers(group, f"param_groups[{index}]")
-            for index, group in enumerate(self.param_groups)
-        ]
-        _check_shared_schedule(hypers)
-        entries = self._collect()
-        if not entries:
-            return  # as torch.optim: no gradient, no step (the schedule does not advance)
-        self._clip(entries, hypers)
-        # Commit: nothing below can fail on user input.
-        self._create_state([entry.param for entry in entries])
-        schedule = self._schedule()
-        iterations = int(schedule["iterations"])
-        cache = schedule["momentum_cache"]
-        cache_read = cache.numpy()[()]
-        groups: dict[tuple[int, str, np.dtype], list[_Entry]] = {}
-        for entry in entries:
-            key = (entry.group, str(entry.param.device), TORCH_BACKEND.dtype(entry.param))
-            groups.setdefault(key, []).append(entry)
-        for (group, device, dtype), members in groups.items():
-            hyper = hypers[group]
-            scalars, _ = nadam_scalars(
-                dtype, iterations, cache_read,
-                lr=_decayed_lr(hyper, dtype, iterations),
-                beta_1=hyper.beta_1, beta_2=hyper.beta_2,
-                epsilon=hyper.eps, schedule_decay=hyper.schedule_decay,
-            )
-            self._apply(device, dtype, members, scalars)
-        # The cache advances once per step, in its own dtype, as in Keras.
-        _, prod = nadam_scalars(
-            cache.numpy().dtype, iterations, cache_read,
-            beta_1=hypers[0].beta_1, schedule_decay=hypers[0].schedule_decay,
-        )
-        cache.fill_(float(prod))
-        schedule["iterations"].add_(1)
-
-    def _apply(
-        self, device: str, dtype: np.dtype, members: list[_Entry], scalars: Any
-    ) -> None:
-        kernel = kernels.select(TORCH_BACKEND, device, dtype)
-        dense = [entry for entry in members if isinstance(entry.grad, DenseGrad)]
-        if dense:
-            kernel.dense(
-                TORCH_BACKEND,
-                [entry.param for entry in dense],
-                [entry.grad.array for entry in dense],
-                [self.state[entry.param]["m"] for entry in dense],
-                [self.state[entry.param]["v"] for entry in dense],
-                scalars,
-            )
-        for entry in members:
-            if isinstance(entry.grad, SparseGrad):
-                unique = TORCH_BACKEND.dedupe(entry.grad)
-                state = self.state[entry.param]
-                kernel.sparse(
-                    TORCH_BACKEND, entry.param, unique.values, unique.indices,
-                    state["m"], state["v"], scalars,
+                update = _checked(
+                    where, engine.checked_update, TORCH_BACKEND, param, grad, index,
+                    TORCH_BACKEND.check_tensor,
                 )
+                slots = state.get(param)
+                if slots:
+                    update.m, update.v = slots.get("m"), slots.get("v")
+                    _checked(where, engine.check_slots_fit, update,
+                             partial(TORCH_BACKEND.describe, param))
+                updates.append(update)
+                names.append(where)
+        if updates:
+            engine.check_memory(
+                updates, None,
+                lambda p: f"{names[p]()} {TORCH_BACKEND.describe(updates[p].var)}",
+            )
+        return updates
+
+    @property
+    def _step_lock(self) -> threading.RLock:
+        # Made on first use: torch.optim's own pickling and `load_state_dict` rebuild the
+        # object's __dict__ from defaults, state and param_groups only.
+        lock = self.__dict__.get("_nadam_step_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_nadam_step_lock", threading.RLock())
+        return lock
+
+    # Opaque to torch.compile: the step lends NumPy views of tensors to a numba kernel, which
+    # dynamo cannot trace; compiled code around `step()` calls it eagerly.
+    @torch.compiler.disable
+    def _step(self) -> None:
+        with engine.exclusive_step(self._step_lock):
+            settings = [
+                _group_hypers(group, f"param_groups[{index}]")
+                for index, group in enumerate(self.param_groups)
+            ]
+            _check_shared_schedule(settings)
+            updates = self._collect()
+            if not updates:
+                return  # as torch.optim: no gradient, no step (the schedule does not advance)
+            hypers, clip_settings = zip(*(hyper.for_engine() for hyper in settings), strict=True)
+            engine.clip(updates, clip_settings)
+            # The commit: nothing below can fail on user input.
+            self._create_state([update.var for update in updates])
+            for update in updates:
+                if update.v is None:
+                    slots = self.state[update.var]
+                    update.m, update.v = slots["m"], slots["v"]
+            schedule = self._schedule()
+            cache = schedule["momentum_cache"]
+            context = engine.prepare(
+                int(schedule["iterations"]), cache.numpy()[()], hypers,
+                [(update.group, update.dtype) for update in updates],
+            )
+            engine.apply(updates, context)
+            cache.fill_(float(context.momentum_cache))
+            schedule["iterations"].add_(1)
 
     # --- Keras layout ----------------------------------------------------------------------
     def build(self) -> None:
@@ -430,54 +374,143 @@ class Nadam(torch.optim.Optimizer):
 
     # --- checkpoints -------------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch.optim's `load_state_dict`, checked first and copying the loaded tensors.
+        """torch.optim's `load_state_dict` (hooks included), with the loaded state checked first.
 
-        Unlike torch's built-in optimizers the state is copied, so one state dict can seed
-        several optimizers without them sharing slots.
+        Every check runs on what is about to be installed (after the load pre-hooks and
+        torch's own checks) and before anything changes: on an error the optimizer's state and
+        param groups are as they were. Checked: each group's settings (a group missing one of
+        our settings, as in an older state dict, gets the default), `betas[0]` and
+        `schedule_decay` equal in all groups, `state["nadam"]` (`iterations` a non-negative
+        integer; `momentum_cache` a finite 0-d float tensor in [0, 1], present once any
+        parameter has slots) and each parameter's slots (`m` and `v` of its shape, an integer
+        `round`). Entries that are not about a parameter (`state["epoch"] = 3`) are kept as
+        they are, as torch does.
+
+        Unlike torch's built-in optimizers the loaded tensors are copied, so one state dict
+        can seed several optimizers without them sharing state.
         """
-        self._check_state_dict(state_dict)
-        super().load_state_dict(state_dict)
-        for key, value in list(self.state.items()):
-            self.state[key] = {
-                name: tensor.clone() if isinstance(tensor, torch.Tensor) else tensor
-                for name, tensor in value.items()
-            }
+        with self._step_lock:  # never in the middle of another thread's step
+            super().load_state_dict(state_dict)
 
-    def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved_groups = state_dict["param_groups"]
-        for index, group in enumerate(saved_groups):
-            _group_hypers({**self.defaults, **group}, f"loaded param_groups[{index}]")
-        ids = [i for group in saved_groups for i in group["params"]]
-        params = [p for group in self.param_groups for p in group["params"]]
-        by_id = dict(zip(ids, params, strict=False))
-        for key, value in state_dict["state"].items():
-            if key == _SCHEDULE_KEY:
-                iterations = value.get("iterations")
-                if not isinstance(iterations, torch.Tensor) or iterations.dtype != torch.int64:
-                    raise ValueError(
-                        f"loaded state['{_SCHEDULE_KEY}']['iterations'] must be an int64 "
-                        f"tensor, got {iterations!r}"
-                    )
-                continue
-            param = by_id.get(key)
-            if param is None or not value:
-                continue  # torch.optim keeps unknown entries as they are
-            if not isinstance(value.get("round"), int):
-                raise ValueError(
-                    f"loaded state for parameter {key} has no integer 'round' (the Keras slot "
-                    f"order); got keys {sorted(value)}"
-                )
-            for slot in ("m", "v"):
-                tensor = value.get(slot)
-                if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != tuple(
-                    param.shape
-                ):
-                    shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else tensor
-                    raise ValueError(
-                        f"loaded state for parameter {key} has {slot} of shape "
-                        f"{shape}, but the parameter "
-                        f"{TORCH_BACKEND.describe(param)} has shape {tuple(param.shape)}"
-                    )
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch.optim.Optimizer.load_state_dict installs what it loaded through
+        # `self.__setstate__({"state": ..., "param_groups": ...})`, after its pre-hooks and its
+        # own checks and before its post-hooks: the one place where our checks see exactly
+        # what is about to be installed while nothing has changed yet. Unpickling (pickle,
+        # copy.deepcopy) passes the whole object instead, `defaults` included.
+        if "defaults" in state:
+            super().__setstate__(state)
+            for group in self.param_groups:
+                _complete_group(group, self.defaults)
+            return
+        param_groups = state["param_groups"]
+        for group in param_groups:
+            _complete_group(group, self.defaults)
+        _check_shared_schedule([
+            _group_hypers(group, f"loaded param_groups[{index}]")
+            for index, group in enumerate(param_groups)
+        ])
+        loaded = _loaded_state(state["state"], param_groups)
+        super().__setstate__({**state, "state": loaded, "param_groups": param_groups})
+
+
+def _complete_group(group: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Give a group from an older state dict (or pickle) the settings it lacks: the defaults."""
+    for name, value in defaults.items():
+        group.setdefault(name, value)
+
+
+def _loaded_state(
+    state: Any, param_groups: Sequence[dict[str, Any]]
+) -> defaultdict[Any, Any]:
+    """Check a state about to be loaded; return it with every tensor of ours copied.
+
+    `state` maps the parameters themselves (torch has already mapped the saved ids and cast
+    the slots to each parameter's dtype and device) and anything else torch keeps as it is.
+    Raises ValueError before anything is installed.
+    """
+    params = {id(p): p for group in param_groups for p in group["params"]}
+    loaded: defaultdict[Any, Any] = defaultdict(dict)
+    with_slots = []
+    for key, value in state.items():
+        if isinstance(key, torch.Tensor) and id(key) in params:
+            loaded[key] = _loaded_slots(key, value)
+            if loaded[key]:
+                with_slots.append(key)
+        elif key == _SCHEDULE_KEY:
+            loaded[key] = _loaded_schedule(value)
+        else:
+            loaded[key] = value  # torch.optim keeps entries that are not about a parameter
+    if with_slots and "momentum_cache" not in loaded.get(_SCHEDULE_KEY, {}):
+        raise ValueError(
+            f"loaded state has slots for {len(with_slots)} parameter(s) but no "
+            f"state['{_SCHEDULE_KEY}']['momentum_cache']"
+        )
+    return loaded
+
+
+def _loaded_schedule(value: Any) -> dict[str, Any]:
+    where = f"loaded state['{_SCHEDULE_KEY}']"
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"{where} must be a dict with 'iterations' (and 'momentum_cache'), got "
+            f"{type(value).__name__}"
+        )
+    schedule = dict(value)
+    iterations = value.get("iterations")
+    if isinstance(iterations, torch.Tensor) and (
+        iterations.numel() == 1 and not iterations.dtype.is_floating_point
+        and not iterations.dtype.is_complex and iterations.dtype is not torch.bool
+    ):
+        iterations = iterations.item()
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or (
+        iterations < 0
+    ):
+        raise ValueError(
+            f"{where}['iterations'] must be a non-negative integer (an int64 tensor), got "
+            f"{value.get('iterations')!r}"
+        )
+    schedule["iterations"] = torch.tensor(int(iterations), dtype=torch.int64)
+    if "momentum_cache" in value:
+        cache = value["momentum_cache"]
+        if not (
+            isinstance(cache, torch.Tensor)
+            and cache.numel() == 1
+            and cache.dtype in (torch.float16, torch.float32, torch.float64)
+            and 0.0 <= float(cache) <= 1.0
+        ):
+            raise ValueError(
+                f"{where}['momentum_cache'] must be a one-element float16, float32 or float64 "
+                f"tensor in [0, 1], got {cache!r}"
+            )
+        # A CPU copy of its own: the step reads it on the host and advances it in place.
+        schedule["momentum_cache"] = cache.detach().to("cpu", copy=True).reshape(())
+    return schedule
+
+
+def _loaded_slots(param: torch.Tensor, value: Any) -> dict[str, Any]:
+    where = f"loaded state for parameter {TORCH_BACKEND.describe(param)}"
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a dict, got {type(value).__name__}")
+    if not value:
+        return {}
+    round_ = value.get("round")
+    if isinstance(round_, bool) or not isinstance(round_, int) or round_ < 0:
+        raise ValueError(
+            f"{where} has no non-negative integer 'round' (the Keras slot order); got keys "
+            f"{sorted(map(str, value))}"
+        )
+    slots = dict(value)
+    for name in ("m", "v"):
+        tensor = value.get(name)
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != tuple(param.shape):
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else tensor
+            raise ValueError(
+                f"{where} has {name} of shape {shape}, but the parameter has shape "
+                f"{tuple(param.shape)}"
+            )
+        slots[name] = tensor.detach().clone(memory_format=torch.contiguous_format)
+    return slots
 
 
 def _checked(where: str | Callable[[], str], check: Callable[..., Any], *args: Any) -> Any:
@@ -495,8 +528,3 @@ def _checked(where: str | Callable[[], str], check: Callable[..., Any], *args: A
 
 def _param_name(group: int, position: int) -> str:
     return f"param_groups[{group}]['params'][{position}]"
-
-
-def _checked_gradient(param: torch.Tensor, grad: Any) -> DenseGrad | SparseGrad:
-    TORCH_BACKEND.check_tensor(param)
-    return TORCH_BACKEND.gradient(grad, param)

@@ -306,10 +306,13 @@ def signatures(dtype: np.dtype) -> dict[Any, list[Any]]:
     flat = types.Array(real, 1, "C")
     table = types.Array(types.int64, 2, "C")
     offsets = types.Array(types.int64, 1, "C")
-    indices = types.Array(types.int64, 1, "C")
+    # The sparse kernels only read the gradient rows and the indices: read-only arrays, which
+    # `kernels.cpu` lends without counting as a write (torch's autograd versions).
+    rows = types.Array(real, 1, "C", readonly=True)
+    indices = types.Array(types.int64, 1, "C", readonly=True)
     counters = types.Array(types.int64, 1, "C")
     dense = (table, offsets, flat)
-    sparse = (flat, flat, indices, flat, flat, types.int64, flat)
+    sparse = (flat, rows, indices, flat, flat, types.int64, flat)
     return {
         dense_serial: [types.void(*dense)],
         dense_chunks: [types.void(*dense, counters)],

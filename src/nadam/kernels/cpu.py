@@ -141,6 +141,26 @@ def _fusable(array: Any, dtype: np.dtype, writable: bool) -> bool:
     return flags.c_contiguous and flags.aligned and (flags.writeable or not writable)
 
 
+def _reader(backend: Any) -> Callable[[Any], Any]:
+    """How the kernels borrow what they only read (gradients, sparse indices).
+
+    A backend's read-only view, which is not a write (torch does not bump the gradient's
+    autograd version, so a graph that saved `p.grad` still differentiates after the step);
+    `as_numpy_view` for a backend without one.
+    """
+    return getattr(backend, "as_read_only_numpy_view", None) or backend.as_numpy_view
+
+
+def _read_only(array: Any) -> Any:
+    """`array` as a read-only ndarray (a view if it was writable): the sparse kernels are
+    compiled for read-only gradients and indices, and one type per argument keeps them from
+    compiling a second specialization."""
+    if isinstance(array, np.ndarray) and array.flags.writeable:
+        array = array.view()
+        array.flags.writeable = False
+    return array
+
+
 _size_of, _dtype_of = attrgetter("size"), attrgetter("dtype")
 _c_contiguous = attrgetter("flags.c_contiguous")
 
@@ -280,7 +300,7 @@ def apply_dense(
         return
     view = backend.as_numpy_view
     plan = _plan_for(list(map(view, xs)), list(map(view, ms)), list(map(view, vs)), dtype)
-    table, offsets, left_out = plan.with_gradients(list(map(view, gs)))
+    table, offsets, left_out = plan.with_gradients(list(map(_reader(backend), gs)))
     if table.shape[0]:
         scalars = np.array(s, dtype=dtype)
         total = int(offsets[-1])
@@ -311,8 +331,9 @@ def apply_sparse(
     """
     dtype = s.lr.dtype
     compiled = _compiled_module(dtype)
-    view = backend.as_numpy_view
-    xv, gv, mv, vv, iv = view(x), view(g_rows), view(m), view(v), view(indices)
+    view, read = backend.as_numpy_view, _reader(backend)
+    xv, mv, vv = view(x), view(m), view(v)
+    gv, iv = _read_only(read(g_rows)), read(indices)
     usable = (
         compiled is not None
         and all(_fusable(a, dtype, writable=True) for a in (xv, mv, vv))
@@ -329,7 +350,7 @@ def apply_sparse(
         return
     rows = xv.shape[0]
     width = xv.size // rows if rows else 0
-    iv = np.ascontiguousarray(iv, dtype=np.int64)  # no copy for the usual int64 indices
+    iv = _read_only(np.ascontiguousarray(iv, dtype=np.int64))  # no copy for int64 indices
     # The kernel writes rows by index: an index out of range would write outside the array.
     if iv.size and (iv.min() < 0 or iv.max() >= rows):
         raise IndexError(f"sparse indices out of range for a variable with {rows} rows")

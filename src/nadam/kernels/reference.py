@@ -2,7 +2,7 @@
 
 The element-wise operations are written in exactly Keras 2's order (SPEC section 2), which is
 what makes the result bit-identical to Keras in float32 and float64. They use only operators
-and a `sqrt`, so they run unchanged on NumPy, PyTorch and JAX arrays.
+and a `sqrt`, so they run unchanged on NumPy arrays and PyTorch tensors.
 """
 
 from __future__ import annotations
