@@ -38,6 +38,9 @@ _NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {
     torch.float64: np.dtype(np.float64),
 }
 _VIEWABLE_DTYPES = frozenset((*_NUMPY_DTYPES, torch.int32, torch.int64))
+# Exact types whose views the cache serves without the full checks: a subclass (a DTensor, a
+# user's tensor subclass) may lay out its memory in its own way, so it takes them every time.
+_TENSOR_TYPES = frozenset((torch.Tensor, torch.nn.Parameter))
 SUPPORTED_DEVICE_TYPES = ("cpu", "cuda")
 
 
@@ -63,53 +66,65 @@ class _ViewCache:
     """
 
     def __init__(self) -> None:
-        # id(tensor) -> [weakref, data_ptr, dtype, shape, writable view, read-only view or None]
+        # id(tensor) -> [weakref, data_ptr, dtype, shape, strides, writable view, read-only
+        # view or None]
         self._entries: dict[int, list[Any]] = {}
 
-    def view_of(self, tensor: torch.Tensor, writable: bool = True) -> np.ndarray:
-        key, address = id(tensor), tensor.data_ptr()
-        entry = self._entries.get(key)
-        if not (
-            entry is not None
-            and entry[0]() is tensor
-            and entry[1] == address
-            and entry[2] == tensor.dtype
-            and entry[3] == tensor.shape
+    def cached(self, tensor: torch.Tensor, writable: bool = True) -> np.ndarray | None:
+        """The view lent before, if `tensor` still has the same memory, dtype, shape and
+        strides (and no lazy negation); None otherwise. Costs a few attribute reads."""
+        entry = self._entries.get(id(tensor))
+        if (
+            entry is None
+            or entry[0]() is not tensor
+            or tensor.layout is not torch.strided
+            or tensor.data_ptr() != entry[1]
+            or tensor.dtype is not entry[2]
+            or tensor.shape != entry[3]
+            or tensor.stride() != entry[4]
+            or tensor.is_neg()
         ):
-            entry = self._new_entry(key, tensor, address)
+            return None
         if writable:
-            return entry[4]
-        read_only = entry[5]
+            return entry[5]
+        read_only = entry[6]
         if read_only is None:
-            read_only = entry[4].view()
+            read_only = entry[5].view()
             read_only.flags.writeable = False
-            entry[5] = read_only
+            entry[6] = read_only
         return read_only
 
-    def _new_entry(self, key: int, tensor: torch.Tensor, address: int) -> list[Any]:
+    def view_of(self, tensor: torch.Tensor, writable: bool = True) -> np.ndarray:
+        """The view of a tensor that NumPy can see as it is (`TorchBackend._viewable`)."""
+        view = self.cached(tensor, writable)
+        if view is None:
+            self._new_entry(tensor)
+            view = self.cached(tensor, writable)
+        return view
+
+    def _new_entry(self, tensor: torch.Tensor) -> None:
         entries = self._entries
+        key = id(tensor)
 
         def forget(ref: Any, key: int = key) -> None:
             if entries.get(key, (None,))[0] is ref:
                 del entries[key]
 
-        entry = [
-            weakref.ref(tensor, forget), address, tensor.dtype, tensor.shape,
-            tensor.detach().numpy(), None,
+        entries[key] = [
+            weakref.ref(tensor, forget), tensor.data_ptr(), tensor.dtype, tensor.shape,
+            tensor.stride(), tensor.detach().numpy(), None,
         ]
-        entries[key] = entry
-        return entry
 
 
 @torch.compiler.disable
-def _view_outside_the_graph(views: _ViewCache, tensor: torch.Tensor) -> np.ndarray:
+def _view_outside_the_graph(backend: TorchBackend, tensor: torch.Tensor) -> np.ndarray | None:
     """A read-only view lent while dynamo traces a step (a compiled function calling `step()`).
 
     Traced, the NumPy calls behind a view would become tensor operations and the fused kernel
     would not get an ndarray; here dynamo breaks the graph and the view is made eagerly. Only
     the traced path pays for this: eagerly, `torch.compiler.is_compiling()` is one cheap call.
     """
-    return views.view_of(tensor, writable=False)
+    return backend._views.view_of(tensor, writable=False) if backend._viewable(tensor) else None
 
 
 class TorchBackend:
@@ -192,10 +207,13 @@ class TorchBackend:
             >>> t.tolist()
             [1.0, 0.0, 0.0]
         """
-        if not self._viewable(var_or_array):
-            return None
+        view = self._views.cached(var_or_array) if type(var_or_array) in _TENSOR_TYPES else None
+        if view is None:
+            if not self._viewable(var_or_array):
+                return None
+            view = self._views.view_of(var_or_array)
         torch.autograd.graph.increment_version(var_or_array)
-        return self._views.view_of(var_or_array)
+        return view
 
     def as_read_only_numpy_view(self, array: Any) -> np.ndarray | None:
         """A read-only zero-copy NumPy view of a contiguous CPU tensor, else None.
@@ -210,11 +228,12 @@ class TorchBackend:
             >>> view.flags.writeable, g._version
             (False, 0)
         """
-        if not self._viewable(array):
-            return None
         if torch.compiler.is_compiling():
-            return _view_outside_the_graph(self._views, array)
-        return self._views.view_of(array, writable=False)
+            return _view_outside_the_graph(self, array)
+        view = self._views.cached(array, False) if type(array) in _TENSOR_TYPES else None
+        if view is None and self._viewable(array):
+            view = self._views.view_of(array, writable=False)
+        return view
 
     @staticmethod
     def _viewable(tensor: Any) -> bool:

@@ -261,8 +261,14 @@ class Nadam(torch.optim.Optimizer):
         return loss
 
     def _collect(self) -> list[engine.Update]:
-        """Every parameter with a gradient, checked (tensor, gradient, slots, memory)."""
-        updates = []
+        """Every parameter with a gradient, checked (tensor, gradient, slots, memory).
+
+        A parameter unchanged since the previous step keeps what that step learned about it
+        (`engine.VariableMemo`): its tensor checks and where its memory lies.
+        """
+        memo = self._memo
+        updates: list[engine.Update] = []
+        known_params: list[engine.KnownVariable] = []
         names = []
         state = self.state
         for index, group in enumerate(self.param_groups):
@@ -271,23 +277,41 @@ class Nadam(torch.optim.Optimizer):
                 if grad is None:
                     continue
                 where = partial(_param_name, index, position)
-                update = _checked(
-                    where, engine.checked_update, TORCH_BACKEND, param, grad, index,
-                    TORCH_BACKEND.check_tensor,
-                )
+                known = memo.recall(param)
+                if known is None:
+                    _checked(where, TORCH_BACKEND.check_tensor, param)
+                    known = memo.learn(TORCH_BACKEND, param, id(param))
+                update = known.update
+                update.group = index
+                update.grad = _checked(where, TORCH_BACKEND.gradient, grad, param)
                 slots = state.get(param)
-                if slots:
-                    update.m, update.v = slots.get("m"), slots.get("v")
-                    _checked(where, engine.check_slots_fit, update,
-                             partial(TORCH_BACKEND.describe, param))
+                if slots and "m" in slots:
+                    update.m, update.v = slots["m"], slots["v"]
+                    if known.m is not update.m:  # new slots (first step, a load): check once
+                        _checked(where, engine.check_slots_fit, update,
+                                 partial(TORCH_BACKEND.describe, param))
+                        known.m = update.m
+                else:
+                    update.m = update.v = None
                 updates.append(update)
+                known_params.append(known)
                 names.append(where)
         if updates:
-            engine.check_memory(
-                updates, None,
+            index = memo.variable_index(
+                known_params, None,
                 lambda p: f"{names[p]()} {TORCH_BACKEND.describe(updates[p].var)}",
             )
+            engine.copy_aliased_gradients(updates, index)
+            memo.remember(known_params)
         return updates
+
+    @property
+    def _memo(self) -> engine.VariableMemo:
+        # Made on first use, like the lock (see `_step_lock`); never pickled.
+        memo = self.__dict__.get("_nadam_memo")
+        if memo is None:
+            memo = self.__dict__.setdefault("_nadam_memo", engine.VariableMemo())
+        return memo
 
     @property
     def _step_lock(self) -> threading.RLock:
