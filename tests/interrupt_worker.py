@@ -59,8 +59,8 @@ def main() -> None:  # pragma: no cover - a subprocess
         _, step, state, iterations = make()
         step()  # compiles, makes the slots
         timer = threading.Timer(rng.uniform(0.0, 0.02), os.kill, (os.getpid(), signal.SIGINT))
-        timer.start()
         try:
+            timer.start()  # inside: with a delay near 0 the signal may land while it starts
             for _ in range(10_000):
                 step()
         except KeyboardInterrupt:

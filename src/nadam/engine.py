@@ -260,7 +260,8 @@ class VariableMemo:
     and nothing accumulates.
     """
 
-    __slots__ = ("_previous", "_layout", "_checked_layout", "_own_state", "_index")
+    __slots__ = ("_previous", "_layout", "_checked_layout", "_own_state", "_index", "_prepared",
+                 "_prepared_now")
 
     def __init__(self) -> None:
         self._previous: dict[int, KnownVariable] = {}
@@ -268,6 +269,10 @@ class VariableMemo:
         self._checked_layout: tuple[KnownVariable, ...] | None = None  # what `_index` is of
         self._own_state: memory.SpanIndex | None = None
         self._index: memory.SpanIndex | None = None
+        # Dense kernels bound to a group (`KernelChoice.prepared`), by the identities of the
+        # group's Updates (one per KnownVariable) and slots: the previous step's, this step's.
+        self._prepared: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        self._prepared_now: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 
     def recall(self, var: Any) -> KnownVariable | None:
         """The facts about `var` from the previous step, if it is unchanged since."""
@@ -311,6 +316,33 @@ class VariableMemo:
             self._checked_layout = layout
             self._own_state = own_state
         return self._index
+
+    def prepared_dense(
+        self, choice: kernels.KernelChoice, members: Sequence[Update]
+    ) -> kernels.PreparedDense:
+        """The group's dense kernel bound to its memory, made once while nothing changes.
+
+        Valid while every member's variable keeps its memory (its `Update` belongs to one
+        `KnownVariable`, which lives only while the variable's signature holds) and its slots
+        are the same objects.
+        """
+        key = (
+            choice.name, choice.dense, *map(id, members), *(id(u.m) for u in members),
+            *(id(u.v) for u in members),
+        )
+        entry = self._prepared.get(key) or self._prepared_now.get(key)
+        if entry is None:
+            first = members[0]
+            entry = (list(members), choice.prepared(
+                first.backend, [u.var for u in members], [u.m for u in members],
+                [u.v for u in members], first.dtype,
+            ))  # the members are kept alive with it, so their ids stay theirs
+        self._prepared_now[key] = entry
+        return entry[1]
+
+    def finish_step(self) -> None:
+        """Keep the kernels this step used, and only those."""
+        self._prepared, self._prepared_now = self._prepared_now, {}
 
     def remember(self, known: Sequence[KnownVariable]) -> None:
         """Keep this step's variables (after every check passed) for the next step."""
@@ -392,9 +424,11 @@ def apply(
     context: StepContext,
     dense_hook: DenseHook | None = None,
     sparse_hook: SparseHook | None = None,
+    memo: VariableMemo | None = None,
 ) -> None:
     """Run the kernels: dense gradients one call per (group, backend, device, dtype), sparse
-    ones per variable after summing repeated rows (Keras's order). Slots must be set.
+    ones per variable after summing repeated rows (Keras's order). Slots must be set. With the
+    optimizer's `memo`, each group's kernel is bound to its memory once (`prepared_dense`).
 
     `dense_hook` / `sparse_hook` replace the kernels per variable (a Keras subclass that
     overrides `_resource_apply_dense` / `_resource_apply_sparse`); a sparse hook gets the
@@ -420,14 +454,19 @@ def apply(
                 dense_hook(update, s)
             continue
         backend = members[0].backend
-        kernels.select(backend, device, dtype).dense(
-            backend,
-            [update.var for update in members],
-            [update.grad.array for update in members],
-            [update.m for update in members],
-            [update.v for update in members],
-            s,
-        )
+        choice = kernels.select(backend, device, dtype)
+        gradients = [update.grad.array for update in members]
+        if memo is not None:
+            memo.prepared_dense(choice, members)(gradients, s)
+        else:
+            choice.dense(
+                backend,
+                [update.var for update in members],
+                gradients,
+                [update.m for update in members],
+                [update.v for update in members],
+                s,
+            )
     for update in sparse:
         s = scalars[(update.group, update.dtype)]
         if sparse_hook is not None:
@@ -437,6 +476,8 @@ def apply(
         kernels.select(update.backend, update.device, update.dtype).sparse(
             update.backend, update.var, unique.values, unique.indices, update.m, update.v, s
         )
+    if memo is not None:
+        memo.finish_step()
 
 
 # --- running a step exclusively --------------------------------------------------------------

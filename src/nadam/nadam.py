@@ -148,7 +148,7 @@ class Nadam(Optimizer):
                 self._resource_apply_sparse_duplicate_indices(
                     update.grad.values, update.var, update.grad.indices, apply_state
                 )
-        engine.apply(updates, apply_state[STEP_CONTEXT], dense_hook, sparse_hook)
+        engine.apply(updates, apply_state[STEP_CONTEXT], dense_hook, sparse_hook, self._memo)
 
     def _commit(self, apply_state: dict) -> None:
         # The cache advances once per call in its own dtype, whatever the variables' dtypes.

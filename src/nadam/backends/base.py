@@ -70,6 +70,10 @@ class Backend(Protocol):
         always runs the reference kernel.
         """
 
+    def mark_written(self, arrays: Sequence[Any]) -> None:
+        """Record that memory lent earlier through `as_numpy_view` is written again (torch
+        bumps autograd version counters). Optional: backends without it track nothing."""
+
     def as_read_only_numpy_view(self, array: Any) -> np.ndarray | None:
         """A read-only NumPy array sharing memory with `array`, without copying; else None.
 

@@ -215,6 +215,11 @@ class TorchBackend:
         torch.autograd.graph.increment_version(var_or_array)
         return view
 
+    def mark_written(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Count a write to each tensor through a view lent earlier (autograd's version
+        counters), as `as_numpy_view` does at the lending itself."""
+        torch.autograd.graph.increment_version(tensors)
+
     def as_read_only_numpy_view(self, array: Any) -> np.ndarray | None:
         """A read-only zero-copy NumPy view of a contiguous CPU tensor, else None.
 

@@ -26,6 +26,7 @@ How Keras's state maps onto torch.optim's:
 from __future__ import annotations
 
 import numbers
+import operator
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +44,9 @@ from nadam.optimizer import checked_weight_arrays
 __all__ = ["Nadam"]
 
 _SCHEDULE_KEY = "nadam"  # optimizer.state[_SCHEDULE_KEY]: iterations and momentum_cache
+_SETTING_NAMES = (
+    "lr", "betas", "eps", "schedule_decay", "decay", "clipnorm", "clipvalue", "global_clipnorm",
+)
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,12 @@ def _group_hypers(group: dict[str, Any], where: str) -> _GroupHypers:
         )
     except (TypeError, ValueError) as error:
         raise type(error)(f"{where}: {error}") from None
+
+
+def _immutable(value: Any) -> bool:
+    if type(value) is tuple:
+        return all(type(item) in (float, int) for item in value)
+    return value is None or type(value) in (float, int)
 
 
 def _check_shared_schedule(hypers: Sequence[_GroupHypers]) -> None:
@@ -203,7 +213,10 @@ class Nadam(torch.optim.Optimizer):
 
     # --- global state ------------------------------------------------------------------------
     def _schedule(self) -> dict[str, torch.Tensor]:
-        return self.state.setdefault(_SCHEDULE_KEY, {"iterations": torch.tensor(0)})
+        schedule = self.state.get(_SCHEDULE_KEY)
+        if schedule is None:
+            schedule = self.state[_SCHEDULE_KEY] = {"iterations": torch.tensor(0)}
+        return schedule
 
     @property
     def iterations(self) -> int:
@@ -305,6 +318,29 @@ class Nadam(torch.optim.Optimizer):
             memo.remember(known_params)
         return updates
 
+    def _group_settings(self) -> tuple[tuple[engine.Hypers, ...], tuple[engine.Clipping, ...]]:
+        """Every group's checked settings for the engine; a group whose settings are the very
+        objects checked last time (no scheduler or user touched them) is not checked again."""
+        checked = self.__dict__.setdefault("_nadam_checked_groups", {})
+        settings = []
+        for index, group in enumerate(self.param_groups):
+            given = [group[name] for name in _SETTING_NAMES]
+            known = checked.get(index)
+            if known is None or not all(map(operator.is_, given, known[0])):
+                known = (given, _group_hypers(group, f"param_groups[{index}]"))
+                # Only values that cannot change in place may skip the next check (a tensor
+                # lr or a list of betas can be mutated behind the same object).
+                if all(map(_immutable, given)):
+                    checked[index] = known
+                else:
+                    checked.pop(index, None)
+            settings.append(known[1])
+        for stale in [index for index in checked if index >= len(settings)]:
+            del checked[stale]
+        _check_shared_schedule(settings)
+        hypers, clip_settings = zip(*(hyper.for_engine() for hyper in settings), strict=True)
+        return hypers, clip_settings
+
     @property
     def _memo(self) -> engine.VariableMemo:
         # Made on first use, like the lock (see `_step_lock`); never pickled.
@@ -327,18 +363,14 @@ class Nadam(torch.optim.Optimizer):
     @torch.compiler.disable
     def _step(self) -> None:
         with engine.exclusive_step(self._step_lock):
-            settings = [
-                _group_hypers(group, f"param_groups[{index}]")
-                for index, group in enumerate(self.param_groups)
-            ]
-            _check_shared_schedule(settings)
+            hypers, clip_settings = self._group_settings()
             updates = self._collect()
             if not updates:
                 return  # as torch.optim: no gradient, no step (the schedule does not advance)
-            hypers, clip_settings = zip(*(hyper.for_engine() for hyper in settings), strict=True)
             engine.clip(updates, clip_settings)
             # The commit: nothing below can fail on user input.
-            self._create_state([update.var for update in updates])
+            if any(update.m is None for update in updates):
+                self._create_state([update.var for update in updates])
             for update in updates:
                 if update.v is None:
                     slots = self.state[update.var]
@@ -349,7 +381,7 @@ class Nadam(torch.optim.Optimizer):
                 int(schedule["iterations"]), cache.numpy()[()], hypers,
                 [(update.group, update.dtype) for update in updates],
             )
-            engine.apply(updates, context)
+            engine.apply(updates, context, memo=self._memo)
             cache.fill_(float(context.momentum_cache))
             schedule["iterations"].add_(1)
 

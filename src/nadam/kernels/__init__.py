@@ -41,10 +41,29 @@ DenseKernel = Callable[[Any, Sequence[Any], Sequence[Any], Sequence[Any], Sequen
 SparseKernel = Callable[[Any, Any, Any, Any, Any, Any, NadamScalars], None]
 
 
+# A prepared dense kernel: `dense` bound to one group's variables and slots, called with each
+# step's gradients and scalars (the caller keeps that memory unchanged meanwhile).
+PreparedDense = Callable[[Sequence[Any], NadamScalars], None]
+PrepareDense = Callable[[Any, Sequence[Any], Sequence[Any], Sequence[Any], np.dtype],
+                        PreparedDense]
+
+
 class KernelChoice(NamedTuple):
     name: str
     dense: DenseKernel
     sparse: SparseKernel
+    prepare_dense: PrepareDense | None = None
+    """Optional: binds `dense` to a group once, for steps that repeat over the same memory."""
+
+    def prepared(
+        self, backend: Any, xs: Sequence[Any], ms: Sequence[Any], vs: Sequence[Any],
+        dtype: np.dtype,
+    ) -> PreparedDense:
+        """`dense` bound to this group: the kernel's own preparation, or a plain closure."""
+        if self.prepare_dense is not None:
+            return self.prepare_dense(backend, xs, ms, vs, dtype)
+        dense = self.dense
+        return lambda gs, s: dense(backend, xs, gs, ms, vs, s)
 
 
 _fast_paths_enabled = True

@@ -294,12 +294,20 @@ def apply_dense(
         array([0.99894357, 0.99894357], dtype=float32)
     """
     dtype = s.lr.dtype
-    compiled = _compiled_module(dtype)
-    if compiled is None:
+    if _compiled_module(dtype) is None:
         reference.apply_dense(backend, xs, gs, ms, vs, s)
         return
     view = backend.as_numpy_view
     plan = _plan_for(list(map(view, xs)), list(map(view, ms)), list(map(view, vs)), dtype)
+    _run_dense(plan, backend, xs, gs, ms, vs, s)
+
+
+def _run_dense(
+    plan: _Plan, backend: Any, xs: Sequence[Any], gs: Sequence[Any], ms: Sequence[Any],
+    vs: Sequence[Any], s: NadamScalars,
+) -> None:
+    dtype = plan.dtype
+    compiled = _compiled_module(dtype)
     table, offsets, left_out = plan.with_gradients(list(map(_reader(backend), gs)))
     if table.shape[0]:
         scalars = np.array(s, dtype=dtype)
@@ -319,6 +327,54 @@ def apply_dense(
             [vs[p] for p in left_out],
             s,
         )
+
+
+class _PreparedDense:
+    """`apply_dense` for one group whose variables and slots keep their memory: their views
+    and address table are made once; each call reads only the gradients' addresses.
+
+    Lending a writable view is a write for a framework that tracks them (torch's version
+    counters), so each call marks the variables and slots written again (`Backend.mark_written`).
+    """
+
+    __slots__ = ("_backend", "_xs", "_ms", "_vs", "_plan", "_written", "_mark_written")
+
+    def __init__(
+        self, backend: Any, xs: Sequence[Any], ms: Sequence[Any], vs: Sequence[Any],
+        dtype: np.dtype,
+    ) -> None:
+        view = backend.as_numpy_view
+        views = (list(map(view, xs)), list(map(view, ms)), list(map(view, vs)))
+        self._backend, self._xs, self._ms, self._vs = backend, list(xs), list(ms), list(vs)
+        self._plan = _Plan(None, views, np.dtype(dtype))
+        self._written = [*xs, *ms, *vs]
+        self._mark_written = getattr(backend, "mark_written", None)
+
+    def __call__(self, gs: Sequence[Any], s: NadamScalars) -> None:
+        if self._mark_written is not None:
+            self._mark_written(self._written)
+        if s.lr.dtype != self._plan.dtype or _compiled_module(self._plan.dtype) is None:
+            reference.apply_dense(self._backend, self._xs, gs, self._ms, self._vs, s)
+            return
+        _run_dense(self._plan, self._backend, self._xs, gs, self._ms, self._vs, s)
+
+
+def prepare_dense(
+    backend: Any, xs: Sequence[Any], ms: Sequence[Any], vs: Sequence[Any], dtype: np.dtype
+) -> Callable[[Sequence[Any], NadamScalars], None]:
+    """`apply_dense` bound to one group: the caller guarantees that `xs`, `ms` and `vs` keep
+    their memory, shape and dtype for as long as it calls the result.
+
+    Example:
+        >>> from nadam.backends import NUMPY_BACKEND
+        >>> from nadam.nadam import nadam_scalars
+        >>> x, m, v = np.ones(2, np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32)
+        >>> step = prepare_dense(NUMPY_BACKEND, [x], [m], [v], np.dtype(np.float32))
+        >>> step([np.ones(2, np.float32)], nadam_scalars(np.float32, 0, 1.0)[0])
+        >>> x
+        array([0.99894357, 0.99894357], dtype=float32)
+    """
+    return _PreparedDense(backend, xs, ms, vs, dtype)
 
 
 def apply_sparse(
@@ -367,4 +423,4 @@ def apply_sparse(
               compiled.finished_chunks)
 
 
-_CHOICE = KernelChoice(NAME, apply_dense, apply_sparse)
+_CHOICE = KernelChoice(NAME, apply_dense, apply_sparse, prepare_dense)

@@ -1,0 +1,85 @@
+"""Dense kernels bound to a group (`KernelChoice.prepared`), as the engine reuses them step to
+step: bit for bit the reference's results, and never applied to memory that has moved."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nadam
+from nadam import kernels
+from nadam.backends import NUMPY_BACKEND
+from nadam.kernels import reference
+from nadam.step_scalars import nadam_scalars
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prepared_cpu_kernel_equals_the_reference_step_after_step(dtype):
+    rng = np.random.default_rng(5)
+    shapes = [(), (7,), (33, 5), (0,), (1000,)]
+    start = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    xs, ms, vs = [a.copy() for a in start], [np.zeros_like(a) for a in start], [
+        np.zeros_like(a) for a in start]
+    ref = [[a.copy() for a in start], [np.zeros_like(a) for a in start],
+           [np.zeros_like(a) for a in start]]
+    choice = kernels.select(NUMPY_BACKEND, "cpu", np.dtype(dtype))
+    assert choice.prepare_dense is not None
+    step = choice.prepared(NUMPY_BACKEND, xs, ms, vs, np.dtype(dtype))
+    cache = 1.0
+    for it in range(5):
+        grads = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        s, cache = nadam_scalars(dtype, it, cache, lr=0.01)
+        step(grads, s)
+        reference.apply_dense(NUMPY_BACKEND, ref[0], grads, ref[1], ref[2], s)
+        for ours, theirs in zip([*xs, *ms, *vs], [*ref[0], *ref[1], *ref[2]], strict=True):
+            assert ours.tobytes() == theirs.tobytes()
+
+
+def test_prepared_torch_group_bumps_versions_and_matches_the_reference():
+    torch = pytest.importorskip("torch")
+    from nadam.backends.torch import TORCH_BACKEND
+
+    x = torch.nn.Parameter(torch.linspace(-1, 1, 50))
+    m, v = torch.zeros(50), torch.zeros(50)
+    choice = kernels.select(TORCH_BACKEND, "cpu", np.dtype(np.float32))
+    step = choice.prepared(TORCH_BACKEND, [x], [m], [v], np.dtype(np.float32))
+    twin = [x.detach().numpy().copy(), np.zeros(50, np.float32), np.zeros(50, np.float32)]
+    g = torch.full((50,), 0.5)
+    for it in range(3):
+        before = (x._version, m._version, v._version, g._version)
+        s, _ = nadam_scalars(np.float32, it, 0.5)
+        step([g], s)
+        reference.apply_dense(NUMPY_BACKEND, [twin[0]], [g.numpy()], [twin[1]], [twin[2]], s)
+        assert x._version > before[0] and m._version > before[1] and v._version > before[2]
+        assert g._version == before[3]  # gradients are only read
+    assert x.detach().numpy().tobytes() == twin[0].tobytes()
+    assert m.numpy().tobytes() == twin[1].tobytes()
+
+
+def test_a_variable_given_a_new_array_of_the_same_shape_is_stepped_in_its_new_memory():
+    w = nadam.Variable(np.ones(64, np.float32), name="w")
+    opt = nadam.Nadam(learning_rate=0.1)
+    g = np.ones(64, np.float32)
+    opt.apply_gradients([(g, w)])
+    old = w._value
+    old_copy = old.copy()
+    w._value = np.ones(64, np.float32)  # same shape and dtype, new memory
+    opt.apply_gradients([(g, w)])
+    assert old.tobytes() == old_copy.tobytes()  # the kernel bound to the old memory is gone
+    assert not np.array_equal(w.numpy(), np.ones(64, np.float32))
+
+
+def test_a_parameter_whose_data_moved_is_stepped_in_its_new_memory():
+    torch = pytest.importorskip("torch")
+    from nadam.torch import Nadam
+
+    p = torch.nn.Parameter(torch.ones(64))
+    opt = Nadam([p], lr=0.1)
+    p.grad = torch.ones(64)
+    opt.step()
+    old = p.data
+    old_copy = old.clone()
+    p.data = torch.ones(64)
+    opt.step()
+    assert torch.equal(old, old_copy)
+    assert not torch.equal(p.detach(), torch.ones(64))
