@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -32,15 +33,21 @@ class Range(NamedTuple):
     high: float
     high_inclusive: bool
     requirement: str
+    low_inclusive: bool = True
 
     def contains(self, number: float) -> bool:
-        if math.isnan(number) or number < self.low:
+        if math.isnan(number) or number < self.low or (
+            number == self.low and not self.low_inclusive
+        ):
             return False
         return number <= self.high if self.high_inclusive else number < self.high
 
 
 NON_NEGATIVE = Range(0.0, math.inf, True, ">= 0")
+POSITIVE = Range(0.0, math.inf, True, "> 0", low_inclusive=False)
+AT_LEAST_ONE = Range(1.0, math.inf, True, ">= 1")
 UNIT_INTERVAL = Range(0.0, 1.0, False, "in [0, 1)")
+CLOSED_UNIT_INTERVAL = Range(0.0, 1.0, True, "in [0, 1]")
 ANY_REAL = Range(-math.inf, math.inf, True, "to be a number")
 
 HYPERPARAMETER_RANGES: dict[str, Range] = {
@@ -65,7 +72,7 @@ def host_scalar(value: Any, name: str) -> np.ndarray:
     TypeError for anything that is not a real number (bools included: `True` is not a
     learning rate), ValueError for an array of more than one value.
     """
-    if isinstance(value, bool | np.bool_):
+    if isinstance(value, bool | np.bool_ | list | tuple | str | bytes):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     if hasattr(value, "detach"):  # a torch tensor, converted without importing torch
         value = value.detach().cpu().numpy()
@@ -91,6 +98,15 @@ def check_in_range(number: float, name: str, allowed: Range, source: str = "") -
 def real_number(value: Any, name: str, allowed: Range = ANY_REAL) -> float:
     """`value` as a Python float after checking that it is a real number in `allowed`."""
     number = float(host_scalar(value, name))
+    check_in_range(number, name, allowed)
+    return number
+
+
+def finite_number(value: Any, name: str, allowed: Range = ANY_REAL) -> float:
+    """`value` as a Python float after checking that it is a finite real number in `allowed`."""
+    number = float(host_scalar(value, name))
+    if math.isinf(number):
+        raise ValueError(f"Expected {name} to be finite, received: {value!r}")
     check_in_range(number, name, allowed)
     return number
 
@@ -136,3 +152,37 @@ def epsilon(value: Any, name: str = "epsilon") -> float:
         raise ValueError(f"Expected {name} to be finite, received: {value!r}")
     check_in_range(number, name, NON_NEGATIVE)
     return number or 1e-7
+
+
+def weight_arrays(
+    optimizer_name: str, shapes: Sequence[tuple[int, ...]], weights: Iterable[Any]
+) -> list[np.ndarray]:
+    """`weights` as NumPy arrays after checking them against `shapes`, with Keras's messages.
+
+    The length first, then every shape and that every entry is numeric; nothing is converted
+    to the targets' dtypes here, and nothing is written.
+    """
+    weights = list(weights)
+    if len(shapes) != len(weights):
+        raise ValueError(
+            f"You called `set_weights(weights)` on optimizer {optimizer_name} with a weight "
+            f"list of length {len(weights)}, but the optimizer was expecting "
+            f"{len(shapes)} weights. Provided weights: {str(weights)[:50]}..."
+        )
+    arrays = []
+    for position, (shape, weight) in enumerate(zip(shapes, weights, strict=True)):
+        if hasattr(weight, "detach"):  # a torch tensor, without importing torch
+            weight = weight.detach().cpu().numpy()
+        array = np.asarray(weight.numpy() if hasattr(weight, "numpy") else weight)
+        if array.shape != tuple(shape):
+            raise ValueError(
+                f"Optimizer weight shape {tuple(shape)} not compatible with provided weight "
+                f"shape {array.shape}"
+            )
+        if array.dtype.kind not in "biuf":
+            raise TypeError(
+                f"Weight {position} given to set_weights has dtype {array.dtype}; "
+                "expected numbers"
+            )
+        arrays.append(array)
+    return arrays

@@ -326,7 +326,7 @@ class Optimizer:
         with engine.exclusive_step(self._lock):
             backends = [_backend_of_weight(param) for param in self._weights]
             shapes = [tuple(b.shape(p)) for b, p in zip(backends, self._weights, strict=True)]
-            arrays = checked_weight_arrays(self._name, shapes, weights)
+            arrays = checks.weight_arrays(self._name, shapes, weights)
             for backend, param, array in zip(backends, self._weights, arrays, strict=True):
                 backend.write(param, array.astype(backend.dtype(param)))
 
@@ -678,40 +678,6 @@ class Optimizer:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} '{self._name}' iterations={int(self._iterations.value)}>"
-
-
-def checked_weight_arrays(
-    optimizer_name: str, shapes: Sequence[tuple[int, ...]], weights: Iterable[Any]
-) -> list[np.ndarray]:
-    """`weights` as NumPy arrays after checking them against `shapes`, with Keras's messages.
-
-    The length first, then every shape and that every entry is numeric; nothing is converted
-    to the targets' dtypes here, and nothing is written.
-    """
-    weights = list(weights)
-    if len(shapes) != len(weights):
-        raise ValueError(
-            f"You called `set_weights(weights)` on optimizer {optimizer_name} with a weight "
-            f"list of length {len(weights)}, but the optimizer was expecting "
-            f"{len(shapes)} weights. Provided weights: {str(weights)[:50]}..."
-        )
-    arrays = []
-    for position, (shape, weight) in enumerate(zip(shapes, weights, strict=True)):
-        if hasattr(weight, "detach"):  # a torch tensor, without importing torch
-            weight = weight.detach().cpu().numpy()
-        array = np.asarray(weight.numpy() if isinstance(weight, Variable) else weight)
-        if array.shape != tuple(shape):
-            raise ValueError(
-                f"Optimizer weight shape {tuple(shape)} not compatible with provided weight "
-                f"shape {array.shape}"
-            )
-        if array.dtype.kind not in "biuf":
-            raise TypeError(
-                f"Weight {position} given to set_weights has dtype {array.dtype}; "
-                "expected numbers"
-            )
-        arrays.append(array)
-    return arrays
 
 
 def _backend_of_weight(weight: Any) -> Backend:

@@ -42,6 +42,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
+from nadam import checks
 from nadam.tf_math import cos as _cos
 from nadam.tf_math import flush as _flush
 from nadam.tf_math import log as _log
@@ -144,37 +145,6 @@ def _check_step_array(step: Any, array: np.ndarray) -> None:
 # Argument checks: the message always names the argument.
 
 
-def _real(name: str, value: Any) -> float:
-    """`value` as a float, or a TypeError naming `name` if it is not a real scalar."""
-    if isinstance(value, bool | np.bool_):
-        raise TypeError(f"`{name}` must be a real number, got the boolean {value!r}.")
-    if isinstance(value, int | float | np.integer | np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        if np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating):
-            return float(value)
-    raise TypeError(f"`{name}` must be a real number (a scalar), got {value!r}.")
-
-
-def _check(
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    low_open: bool = False,
-    high: float | None = None,
-) -> None:
-    """Require a finite real number in [low, high] (or (low, high] when `low_open`)."""
-    number = _real(name, value)
-    if not math.isfinite(number):
-        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
-    if low is not None and (number <= low if low_open else number < low):
-        relation = ">" if low_open else ">="
-        raise ValueError(f"`{name}` must be {relation} {low:g}, got {value!r}.")
-    if high is not None and number > high:
-        raise ValueError(f"`{name}` must be <= {high:g}, got {value!r}.")
-
-
 def _check_bool(name: str, value: Any) -> None:
     # A string such as "False" would silently count as true in `if value:`.
     if not isinstance(value, bool | np.bool_):
@@ -273,9 +243,9 @@ class _StepDecay(LearningRateSchedule):
         staircase: bool = False,
         name: str | None = None,
     ) -> None:
-        _check("initial_learning_rate", initial_learning_rate, low=0.0)
-        _check("decay_steps", decay_steps, low=0.0, low_open=True)
-        _check("decay_rate", decay_rate, low=0.0)
+        checks.finite_number(initial_learning_rate, "initial_learning_rate", checks.NON_NEGATIVE)
+        checks.finite_number(decay_steps, "decay_steps", checks.POSITIVE)
+        checks.finite_number(decay_rate, "decay_rate", checks.NON_NEGATIVE)
         _check_bool("staircase", staircase)
         _check_name(name)
         self.initial_learning_rate = initial_learning_rate
@@ -359,17 +329,18 @@ class PiecewiseConstantDecay(LearningRateSchedule):
                 f"boundaries={list(boundaries)!r} of length {len(boundaries)} and "
                 f"values={list(values)!r} of length {len(values)}."
             )
-        for index, boundary in enumerate(boundaries):
-            _check(f"boundaries[{index}]", boundary)
+        numbers = [
+            checks.finite_number(boundary, f"boundaries[{index}]")
+            for index, boundary in enumerate(boundaries)
+        ]
         # Keras's tf.case fails at call time on unsorted boundaries; say so up front.
-        numbers = [_real("boundaries", boundary) for boundary in boundaries]
         for index in range(1, len(numbers)):
             if not numbers[index] > numbers[index - 1]:
                 raise ValueError(
                     f"`boundaries` must be strictly increasing, got {list(boundaries)!r}."
                 )
         for index, value in enumerate(values):
-            _check(f"values[{index}]", value, low=0.0)
+            checks.finite_number(value, f"values[{index}]", checks.NON_NEGATIVE)
         _check_name(name)
         self.boundaries = boundaries
         self.values = values
@@ -421,11 +392,11 @@ class PolynomialDecay(LearningRateSchedule):
         cycle: bool = False,
         name: str | None = None,
     ) -> None:
-        _check("initial_learning_rate", initial_learning_rate, low=0.0)
-        _check("decay_steps", decay_steps, low=0.0, low_open=True)
-        _check("end_learning_rate", end_learning_rate, low=0.0)
+        checks.finite_number(initial_learning_rate, "initial_learning_rate", checks.NON_NEGATIVE)
+        checks.finite_number(decay_steps, "decay_steps", checks.POSITIVE)
+        checks.finite_number(end_learning_rate, "end_learning_rate", checks.NON_NEGATIVE)
         # A negative power would make the rate infinite at the end of the decay.
-        _check("power", power, low=0.0)
+        checks.finite_number(power, "power", checks.NON_NEGATIVE)
         _check_bool("cycle", cycle)
         _check_name(name)
         self.initial_learning_rate = initial_learning_rate
@@ -515,14 +486,14 @@ class CosineDecay(LearningRateSchedule):
         warmup_target: Scalar | None = None,
         warmup_steps: Scalar = 0,
     ) -> None:
-        _check("initial_learning_rate", initial_learning_rate, low=0.0)
-        _check("decay_steps", decay_steps, low=0.0, low_open=True)
+        checks.finite_number(initial_learning_rate, "initial_learning_rate", checks.NON_NEGATIVE)
+        checks.finite_number(decay_steps, "decay_steps", checks.POSITIVE)
         # alpha is the final rate as a fraction of the top one.
-        _check("alpha", alpha, low=0.0, high=1.0)
+        checks.finite_number(alpha, "alpha", checks.CLOSED_UNIT_INTERVAL)
         _check_name(name)
         if warmup_target is not None:
-            _check("warmup_target", warmup_target, low=0.0)
-        _check("warmup_steps", warmup_steps, low=0.0)
+            checks.finite_number(warmup_target, "warmup_target", checks.NON_NEGATIVE)
+        checks.finite_number(warmup_steps, "warmup_steps", checks.NON_NEGATIVE)
         self.initial_learning_rate = initial_learning_rate
         self.decay_steps = decay_steps
         self.alpha = alpha
@@ -593,13 +564,13 @@ class CosineDecayRestarts(LearningRateSchedule):
         alpha: Scalar = 0.0,
         name: str | None = None,
     ) -> None:
-        _check("initial_learning_rate", initial_learning_rate, low=0.0)
-        _check("first_decay_steps", first_decay_steps, low=0.0, low_open=True)
+        checks.finite_number(initial_learning_rate, "initial_learning_rate", checks.NON_NEGATIVE)
+        checks.finite_number(first_decay_steps, "first_decay_steps", checks.POSITIVE)
         # Periods that shrink (t_mul < 1) add up to a finite time, after which Keras's formula
         # takes the log of a negative number and the rate becomes nan.
-        _check("t_mul", t_mul, low=1.0)
-        _check("m_mul", m_mul, low=0.0)
-        _check("alpha", alpha, low=0.0, high=1.0)
+        checks.finite_number(t_mul, "t_mul", checks.AT_LEAST_ONE)
+        checks.finite_number(m_mul, "m_mul", checks.NON_NEGATIVE)
+        checks.finite_number(alpha, "alpha", checks.CLOSED_UNIT_INTERVAL)
         _check_name(name)
         self.initial_learning_rate = initial_learning_rate
         self.first_decay_steps = first_decay_steps

@@ -39,7 +39,6 @@ import torch
 
 from nadam import checks, engine
 from nadam.backends.torch import TORCH_BACKEND
-from nadam.optimizer import checked_weight_arrays
 
 __all__ = ["Nadam"]
 
@@ -422,7 +421,7 @@ class Nadam(torch.optim.Optimizer):
         The length and every shape are checked before anything is written.
         """
         targets = self._keras_weights()
-        arrays = checked_weight_arrays(
+        arrays = checks.weight_arrays(
             "Nadam", [tuple(target.shape) for target in targets], weights
         )
         for target, array in zip(targets, arrays, strict=True):
