@@ -50,9 +50,11 @@ UNIT_INTERVAL = Range(0.0, 1.0, False, "in [0, 1)")
 CLOSED_UNIT_INTERVAL = Range(0.0, 1.0, True, "in [0, 1]")
 ANY_REAL = Range(-math.inf, math.inf, True, "to be a number")
 
+FINITE_NON_NEGATIVE = Range(0.0, math.inf, False, ">= 0 and finite")
+
 HYPERPARAMETER_RANGES: dict[str, Range] = {
     "learning_rate": NON_NEGATIVE,
-    "decay": NON_NEGATIVE,
+    "decay": FINITE_NON_NEGATIVE,
     "beta_1": UNIT_INTERVAL,
     "beta_2": UNIT_INTERVAL,
     "epsilon": NON_NEGATIVE,

@@ -373,6 +373,19 @@ def clip(updates: Sequence[Update], settings: Sequence[Clipping]) -> None:
             update.grad = grad
 
 
+def check_hypers_fit(hypers: Sequence[Hypers], keys: Iterable[tuple[int, np.dtype]]) -> None:
+    """ValueError if `beta_1` or `beta_2` becomes 1 in a variable's dtype (0.99999999 is 1.0 in
+    float32, 0.9999 in float16): the bias correction would divide by 0 and the step give NaN."""
+    for group, dtype in set(keys):
+        group_hypers = hypers[group]
+        for name, value in (("beta_1", group_hypers.beta_1), ("beta_2", group_hypers.beta_2)):
+            if dtype.type(value[()]) >= 1:
+                raise ValueError(
+                    f"Expected {name} in [0, 1), received: {value[()]!r}, which is 1.0 in the "
+                    f"variables' dtype {dtype}"
+                )
+
+
 # --- stage 3: the step's scalars -------------------------------------------------------------
 def prepare(
     iterations: int,

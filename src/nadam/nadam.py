@@ -114,13 +114,20 @@ class Nadam(Optimizer):
     def _step_context(
         self, places: list[tuple[str, np.dtype]], hypers: dict[str, np.ndarray], iterations: int
     ) -> engine.StepContext:
-        step_hypers = engine.Hypers(
+        return engine.prepare(
+            iterations, self._momentum_cache.value[()], (self._step_hypers(hypers),),
+            [(0, dtype) for _, dtype in places],
+        )
+
+    def _step_hypers(self, hypers: dict[str, np.ndarray]) -> engine.Hypers:
+        return engine.Hypers(
             hypers["learning_rate"], hypers["beta_1"], hypers["beta_2"], self._epsilon,
             hypers["decay"], self._schedule_decay,
         )
-        return engine.prepare(
-            iterations, self._momentum_cache.value[()], (step_hypers,),
-            [(0, dtype) for _, dtype in places],
+
+    def _check_step(self, updates: list[engine.Update], hypers: dict[str, np.ndarray]) -> None:
+        engine.check_hypers_fit(
+            (self._step_hypers(hypers),), [(0, update.dtype) for update in updates]
         )
 
     def _prepare_local(self, var_device: str, var_dtype: np.dtype, apply_state: dict) -> None:
@@ -138,16 +145,14 @@ class Nadam(Optimizer):
         # engine runs the fused kernels over whole groups.
         if cls._resource_apply_dense is not Nadam._resource_apply_dense:
             def dense_hook(update: engine.Update, _: NadamScalars) -> None:
-                self._resource_apply_dense(update.grad.array, update.var, apply_state)
+                self._dense_hook(update, apply_state)
         if (
             cls._resource_apply_sparse is not Nadam._resource_apply_sparse
             or cls._resource_apply_sparse_duplicate_indices
             is not Optimizer._resource_apply_sparse_duplicate_indices
         ):
             def sparse_hook(update: engine.Update, _: NadamScalars) -> None:
-                self._resource_apply_sparse_duplicate_indices(
-                    update.grad.values, update.var, update.grad.indices, apply_state
-                )
+                self._sparse_hook(update, apply_state)
         engine.apply(updates, apply_state[STEP_CONTEXT], dense_hook, sparse_hook, self._memo)
 
     def _commit(self, apply_state: dict) -> None:

@@ -14,6 +14,8 @@ leaves a half-applied step behind.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -26,7 +28,7 @@ from nadam.backends import NUMPY_BACKEND, Backend, SparseGrad, backend_for
 from nadam.hyperparameters import Hyperparameters
 from nadam.slots import SlotTable, variable_key
 from nadam.step_scalars import decayed_learning_rate
-from nadam.variables import Variable
+from nadam.variables import IndexedSlices, Variable
 
 _BASE_KWARGS = ("clipnorm", "clipvalue", "decay", "global_clipnorm", "lr")
 
@@ -120,7 +122,7 @@ class Optimizer:
         hyper = self.__dict__.get("_hyper")
         key = "learning_rate" if name == "lr" else name
         if hyper is not None and key in hyper:
-            return hyper[key]
+            return hyper.view(key)
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -402,22 +404,41 @@ class Optimizer:
         raise NotImplementedError(f"{type(self).__name__} does not implement sparse updates")
 
     def _resource_apply_sparse_duplicate_indices(
-        self, grad: Any, var: Any, indices: Any, apply_state: dict
+        self, grad: Any, var: Any, indices: Any, **kwargs: Any
     ) -> None:
-        """Sum repeated indices, then `_resource_apply_sparse`."""
+        """Sum repeated indices, then `_resource_apply_sparse` (with `apply_state` if given)."""
         backend = self._backend_of(var)
         unique = backend.dedupe(SparseGrad(grad, indices))
-        self._resource_apply_sparse(unique.values, var, unique.indices, apply_state)
+        self._resource_apply_sparse(unique.values, var, unique.indices, **kwargs)
+
+    def _dense_hook(self, update: engine.Update, apply_state: dict) -> None:
+        """`_resource_apply_dense`, given `apply_state` only if it takes one (as TF 2.3)."""
+        if _takes_apply_state(type(self)._resource_apply_dense):
+            self._resource_apply_dense(update.grad.array, update.var, apply_state)
+        else:
+            self._resource_apply_dense(update.grad.array, update.var)
+
+    def _sparse_hook(self, update: engine.Update, apply_state: dict) -> None:
+        """`_resource_apply_sparse_duplicate_indices` with the gradient as given."""
+        kwargs = (
+            {"apply_state": apply_state}
+            if _takes_apply_state(type(self)._resource_apply_sparse) else {}
+        )
+        self._resource_apply_sparse_duplicate_indices(
+            update.grad.values, update.var, update.grad.indices, **kwargs
+        )
 
     def _apply_updates(self, updates: list[engine.Update], apply_state: dict) -> None:
         """Update every variable: Keras's per-variable hooks (subclasses may fuse)."""
         for update in updates:
             if isinstance(update.grad, SparseGrad):
-                self._resource_apply_sparse_duplicate_indices(
-                    update.grad.values, update.var, update.grad.indices, apply_state
-                )
+                self._sparse_hook(update, apply_state)
             else:
-                self._resource_apply_dense(update.grad.array, update.var, apply_state)
+                self._dense_hook(update, apply_state)
+
+    def _check_step(self, updates: list[engine.Update], hypers: dict[str, np.ndarray]) -> None:
+        """Checks of a step that need its hyperparameters and variables together (subclasses);
+        they run before anything changes."""
 
     def _commit(self, apply_state: dict) -> None:
         """Write what the step computed beside the variables (subclasses: Nadam's cache)."""
@@ -442,6 +463,8 @@ class Optimizer:
             iterations = int(self._iterations.value)
             updates = self._checked_updates(items)
             hypers = self._hyper.resolve_all(iterations)
+            self._check_step(updates, hypers)
+            constrained = _constrained(updates)
             if experimental_aggregate_gradients:
                 self._aggregate(updates)
             if self._clipping != engine.NO_CLIPPING:
@@ -452,7 +475,12 @@ class Optimizer:
             apply_state = self._prepare(
                 [(update.device, update.dtype) for update in updates], hypers, iterations
             )
-            self._apply_updates(updates, apply_state)
+            if constrained:
+                saved = _snapshot(updates)
+                self._apply_updates(updates, apply_state)
+                _apply_constraints(constrained, saved)
+            else:
+                self._apply_updates(updates, apply_state)
             self._commit(apply_state)
             self._iterations.assign(np.int64(iterations + 1))
         return iterations + 1
@@ -566,30 +594,40 @@ class Optimizer:
 
     def _aggregate(self, updates: list[engine.Update]) -> None:
         """Sum gradients across data-parallel replicas, one collective call per backend."""
-        if type(self)._aggregate_gradients is Optimizer._aggregate_gradients and all(
-            update.backend is NUMPY_BACKEND for update in updates
-        ):
-            return  # NumPy arrays live in one process: nothing to sum
-        by_backend: dict[str, list[engine.Update]] = {}
-        for update in updates:
-            by_backend.setdefault(update.backend.name, []).append(update)
-        for members in by_backend.values():
-            reduced = self._aggregate_gradients(
-                [(update.grad, update.var) for update in members]
+        if type(self)._aggregate_gradients is Optimizer._aggregate_gradients:
+            if all(update.backend is NUMPY_BACKEND for update in updates):
+                return  # NumPy arrays live in one process: nothing to sum
+            _all_reduce(updates)
+            return
+        # A subclass's TF 2.3 hook sees the gradients as given and returns them; what it
+        # returns is checked like any gradient, before anything changes.
+        pairs = [(_as_given(update), update.var) for update in updates]
+        result = list(self._aggregate_gradients(pairs))
+        if len(result) != len(updates):
+            raise ValueError(
+                f"_aggregate_gradients returned {len(result)} pairs for {len(updates)} variables"
             )
-            for update, (grad, _) in zip(members, reduced, strict=True):
-                update.grad = grad
+        for position, (update, item) in enumerate(zip(updates, result, strict=True)):
+            grad, var = item
+            if var is not update.var:
+                raise ValueError(
+                    f"_aggregate_gradients changed the variable at position {position}"
+                )
+            update.grad = update.backend.gradient(grad, var)
 
     def _aggregate_gradients(self, grads_and_vars: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
         """Sum gradients across replicas (TF 2.3's hook); identity outside data parallelism.
 
-        Called with the step's validated gradients of one array library.
+        Takes and returns (gradient, variable) pairs, gradients as given to
+        `apply_gradients` (arrays, tensors, `IndexedSlices`).
         """
-        if not grads_and_vars:
-            return grads_and_vars
-        backend = self._backend_of(grads_and_vars[0][1])
-        reduced = backend.all_reduce_sum([grad for grad, _ in grads_and_vars])
-        return [(grad, var) for grad, (_, var) in zip(reduced, grads_and_vars, strict=True)]
+        updates = [
+            engine.Update(backend, var, backend.gradient(grad, var), None, "")
+            for grad, var in grads_and_vars
+            for backend in (self._backend_of(var),)
+        ]
+        _all_reduce(updates)
+        return [(_as_given(update), update.var) for update in updates]
 
     # --- gradients from a loss -----------------------------------------------------------
     def _loss_backend(self, var_list: list[Any]) -> Backend:
@@ -702,3 +740,91 @@ def _initial_value(initializer: Any, shape: tuple[int, ...], dtype: np.dtype, na
     if array.shape != shape:
         array = np.broadcast_to(array, shape).copy()
     return array
+
+
+@functools.lru_cache(maxsize=64)
+def _takes_apply_state(hook: Callable[..., Any]) -> bool:
+    """Whether a Keras hook accepts `apply_state` (TF 2.3 looks at the signature)."""
+    return "apply_state" in inspect.signature(hook).parameters
+
+
+def _all_reduce(updates: Sequence[engine.Update]) -> None:
+    by_backend: dict[str, list[engine.Update]] = {}
+    for update in updates:
+        by_backend.setdefault(update.backend.name, []).append(update)
+    for members in by_backend.values():
+        reduced = members[0].backend.all_reduce_sum([update.grad for update in members])
+        for update, grad in zip(members, reduced, strict=True):
+            update.grad = grad
+
+
+def _as_given(update: engine.Update) -> Any:
+    """A checked gradient in the form `apply_gradients` takes: an array or `IndexedSlices`."""
+    grad = update.grad
+    if isinstance(grad, SparseGrad):
+        return IndexedSlices(grad.values, grad.indices, update.backend.shape(update.var))
+    return grad.array
+
+
+def _constrained(updates: Sequence[engine.Update]) -> list[tuple[engine.Update, Any]]:
+    """The updates whose variable has a `constraint` (read at every step: it may change).
+
+    A constraint with a sparse gradient is a RuntimeError, as in TF 2.3 and tf_keras (the
+    constraint would re-assign the whole variable), raised before anything changes.
+    """
+    found = []
+    for update in updates:
+        var = update.var
+        constraint = var.constraint if type(var) is Variable else (
+            None if type(var) is np.ndarray else getattr(var, "constraint", None)
+        )
+        if constraint is None:
+            continue
+        if isinstance(update.grad, SparseGrad):
+            raise RuntimeError(
+                "Cannot use a constraint function on a sparse variable: variable "
+                f"{update.backend.describe(var)} has a constraint and a sparse gradient"
+            )
+        found.append((update, constraint))
+    return found
+
+
+def _snapshot(updates: Sequence[engine.Update]) -> list[tuple[Backend, Any, np.ndarray]]:
+    """Copies of every variable and slot of a step, to undo it if a constraint fails."""
+    saved = []
+    for update in updates:
+        for target in (update.var, update.m, update.v):
+            if target is not None:
+                saved.append((update.backend, target, update.backend.to_numpy(target)))
+    return saved
+
+
+def _apply_constraints(
+    constrained: Sequence[tuple[engine.Update, Any]],
+    saved: Sequence[tuple[Backend, Any, np.ndarray]],
+) -> None:
+    """`var.assign(constraint(var))` for each constrained variable, as TF 2.3 after its update.
+
+    Every constraint runs and its result is checked before any is written; if one fails, the
+    step's updates are undone and the error names the variable.
+    """
+    try:
+        results = []
+        for update, constraint in constrained:
+            backend, var = update.backend, update.var
+            value = constraint(var)
+            if hasattr(value, "detach"):  # a torch tensor
+                value = value.detach()
+            shape = tuple(np.shape(value))
+            if shape != backend.shape(var):
+                raise ValueError(
+                    f"The constraint of variable {backend.describe(var)} returned shape "
+                    f"{shape}, but the variable has shape {backend.shape(var)}"
+                )
+            results.append((backend, var, value))
+    except BaseException:
+        for backend, target, array in saved:
+            backend.write(target, array)
+        raise
+    for backend, var, value in results:
+        backend.write(var, value.value if isinstance(value, Variable) else value)

@@ -31,7 +31,8 @@ def deserialize(
     `custom_objects`.
 
     Example:
-        >>> deserialize({"class_name": "Nadam", "config": {"learning_rate": 0.01}}).lr
+        >>> opt = deserialize({"class_name": "Nadam", "config": {"learning_rate": 0.01}})
+        >>> opt.get_config()["learning_rate"]
         0.01
     """
     if not isinstance(config, dict):

@@ -487,7 +487,12 @@ class CosineDecay(LearningRateSchedule):
         warmup_steps: Scalar = 0,
     ) -> None:
         checks.finite_number(initial_learning_rate, "initial_learning_rate", checks.NON_NEGATIVE)
-        checks.finite_number(decay_steps, "decay_steps", checks.POSITIVE)
+        # With a warmup, tf_keras accepts decay_steps=0 (a warmup alone; past it, 0/0 gives
+        # NaN, which the optimizer then refuses as a learning rate).
+        checks.finite_number(
+            decay_steps, "decay_steps",
+            checks.POSITIVE if warmup_target is None else checks.NON_NEGATIVE,
+        )
         # alpha is the final rate as a fraction of the top one.
         checks.finite_number(alpha, "alpha", checks.CLOSED_UNIT_INTERVAL)
         _check_name(name)

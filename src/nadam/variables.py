@@ -79,12 +79,19 @@ class Variable:
         name: str | None = None,
         dtype: Any = None,
         trainable: bool = True,
+        constraint: Callable[[Any], Any] | None = None,
     ) -> None:
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"Variable name must be a non-empty string, got {name!r}")
+        if constraint is not None and not callable(constraint):
+            raise TypeError(
+                f"The constraint of variable '{name}' must be callable, got {constraint!r}"
+            )
         self._value = _initial_array(initial_value, dtype)
         self._name = name if name is not None else "Variable"
         self.trainable = bool(trainable)
+        self.constraint = constraint
+        """Applied after each optimizer update, as in TF: `var.assign(constraint(var))`."""
 
     # --- reading -----------------------------------------------------------------------
     @property
@@ -255,11 +262,36 @@ class IndexedSlices:
     def __init__(self, values: Any, indices: Any, dense_shape: Any = None) -> None:
         self.values = values
         self.indices = indices
-        self.dense_shape = None if dense_shape is None else tuple(int(d) for d in dense_shape)
+        self.dense_shape = None if dense_shape is None else _checked_dense_shape(dense_shape)
 
     def __repr__(self) -> str:
         shape = getattr(self.values, "shape", None)
+        count = np.size(self.indices) if not hasattr(self.indices, "numel") else (
+            self.indices.numel()
+        )
         return (
             f"IndexedSlices(values shape={tuple(shape) if shape is not None else None}, "
-            f"indices={len(self.indices)}, dense_shape={self.dense_shape})"
+            f"indices={count}, dense_shape={self.dense_shape})"
         )
+
+
+def _checked_dense_shape(dense_shape: Any) -> tuple[int, ...]:
+    """A shape of non-negative integers; (4.7, 3) is a TypeError, not (4, 3)."""
+    if hasattr(dense_shape, "tolist"):  # an array or tensor of dimensions
+        dense_shape = dense_shape.tolist()
+    try:
+        dims = list(dense_shape)
+    except TypeError:
+        raise TypeError(
+            f"IndexedSlices dense_shape must be a sequence of integers, got {dense_shape!r}"
+        ) from None
+    shape = []
+    for dim in dims:
+        if isinstance(dim, bool) or not isinstance(dim, int | np.integer):
+            raise TypeError(
+                f"IndexedSlices dense_shape must hold integers, got {dense_shape!r}"
+            )
+        if dim < 0:
+            raise ValueError(f"IndexedSlices dense_shape must be >= 0, got {dense_shape!r}")
+        shape.append(int(dim))
+    return tuple(shape)

@@ -88,7 +88,7 @@ def _group_hypers(group: dict[str, Any], where: str) -> _GroupHypers:
             schedule_decay=checks.real_number(
                 group["schedule_decay"], "schedule_decay", checks.NON_NEGATIVE
             ),
-            decay=checks.real_number(group["decay"], "decay", checks.NON_NEGATIVE),
+            decay=checks.real_number(group["decay"], "decay", checks.FINITE_NON_NEGATIVE),
             clipnorm=clipnorm,
             clipvalue=checks.clip_threshold(group["clipvalue"], "clipvalue"),
             global_clipnorm=global_clipnorm,
@@ -366,6 +366,7 @@ class Nadam(torch.optim.Optimizer):
             updates = self._collect()
             if not updates:
                 return  # as torch.optim: no gradient, no step (the schedule does not advance)
+            engine.check_hypers_fit(hypers, [(update.group, update.dtype) for update in updates])
             engine.clip(updates, clip_settings)
             # The commit: nothing below can fail on user input.
             if any(update.m is None for update in updates):
