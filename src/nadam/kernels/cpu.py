@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import threading
 import warnings
@@ -36,6 +35,7 @@ import numpy as np
 
 from nadam.kernels import KernelChoice, NadamScalars, reference
 from nadam.kernels._chunk_pool import ChunkPool
+from nadam.memory import address as _address
 
 NAME = "cpu-fused"
 FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -109,30 +109,7 @@ def choose(backend: Any, device: Any, dtype: np.dtype) -> KernelChoice | None:
     return _CHOICE
 
 
-# --- reading data addresses fast --------------------------------------------------------------
-def _address_reader() -> Callable[[np.ndarray], int]:
-    """A function from an ndarray to the address of its first element.
-
-    `ndarray.ctypes.data` costs about 2 us, which adds up over hundreds of gradients a step. An
-    ndarray object starts with the object header and then its data pointer (NumPy's
-    PyArrayObject, stable across releases), so reading that word is ten times faster; the
-    layout is checked here on a few arrays, and the official attribute used if it differs.
-    """
-    offset = object.__basicsize__
-    probes = [np.empty(n, dtype) for n in (1, 7, 4096) for dtype in FUSED_DTYPES]
-    probes.append(probes[-1][3:])
-    read_word = ctypes.c_void_p.from_address
-    try:
-        if all(read_word(id(a) + offset).value == a.ctypes.data for a in probes):
-            return lambda array: read_word(id(array) + offset).value
-    except (ValueError, OverflowError, TypeError):  # pragma: no cover - exotic interpreters
-        pass
-    return lambda array: array.ctypes.data  # pragma: no cover - exotic interpreters
-
-
-_address = _address_reader()
-
-
+# --- which memory the kernels can address ------------------------------------------------------
 def _fusable(array: Any, dtype: np.dtype, writable: bool) -> bool:
     """Whether the kernels can address `array` directly: contiguous, aligned, native `dtype`."""
     if not isinstance(array, np.ndarray) or array.dtype != dtype:
