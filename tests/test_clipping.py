@@ -94,6 +94,46 @@ def test_infinite_global_norm_gives_nan_everywhere():
     assert all(np.isnan(grad.array).all() for grad in clipped)
 
 
+# --- the norms are TensorFlow's sums -------------------------------------------------------------
+# x * x = [2^24, 1, 0, 0, 0, 1, 0, 0, 1]: TensorFlow (Eigen) adds lane i to lane i+4 first, so the
+# two middle 1s meet before they meet 2^24, and the sum is 2^24 + 4 (tests/test_tf_reduce.py has
+# the step by step); NumPy's order loses every 1 (2^24). The norms differ in the last bit.
+_ORDER_SENSITIVE = [4096.0, 1, 0, 0, 0, 1, 0, 0, 1]
+
+
+def test_clip_by_norm_sums_in_tensorflows_order():
+    x = np.array(_ORDER_SENSITIVE, np.float32)
+    assert np.sum(x * x) == np.float32(2.0**24)
+    norm = np.sqrt(np.float32(2.0**24 + 4))
+    assert norm != np.float32(4096)
+    clipped = clipping.clip_by_norm(NP, DenseGrad(x), 1.0)
+    np.testing.assert_array_equal(clipped.array, x * np.float32(1) / norm, strict=True)
+
+
+def test_global_norm_sums_l2_losses_in_tensorflows_order():
+    # Each tensor's l2_loss (squares halved, then summed: 2^23 + 2 here), the l2_losses summed,
+    # doubled, rooted.
+    x = np.array(_ORDER_SENSITIVE, np.float32)
+    assert NP.half_square_sum(x) == np.float32(2.0**23 + 2)
+    items = [(NP, DenseGrad(x)), (NP, SparseGrad(np.ones((1, 2), np.float32), np.array([0])))]
+    expected = np.sqrt((np.float32(2.0**23 + 2) + np.float32(1)) * np.float32(2))
+    np.testing.assert_array_equal(clipping.global_norm(items), expected, strict=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_torch_cpu_tensors_give_the_numpy_bits(dtype):
+    torch = pytest.importorskip("torch")
+    from nadam.backends.torch import TORCH_BACKEND
+
+    rng = np.random.default_rng(4)
+    array = (rng.standard_normal((40, 33)) * 3).astype(dtype)
+    tensor = torch.from_numpy(array)
+    for view, numpy_view in ((tensor, array), (tensor[:, ::3].T, array[:, ::3].T)):
+        assert TORCH_BACKEND.square_sum(view).tobytes() == NP.square_sum(numpy_view).tobytes()
+        assert (TORCH_BACKEND.half_square_sum(view).tobytes()
+                == NP.half_square_sum(numpy_view).tobytes())
+
+
 # --- inside apply_gradients ------------------------------------------------------------------
 # After one step from zero slots m = (1 - beta_1) * g, so the m slot shows the clipped gradient.
 

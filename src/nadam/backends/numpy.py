@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from nadam import memory
+from nadam import memory, tf_reduce
 from nadam.backends.base import DenseGrad, SparseGrad
 from nadam.variables import IndexedSlices, Variable, track_reads
 
@@ -227,7 +227,14 @@ class NumpyBackend:
         return np.sqrt(array)
 
     def square_sum(self, array: np.ndarray) -> np.generic:
-        return np.sum(array * array, dtype=array.dtype)
+        # `tf.reduce_sum(array * array)` added in TensorFlow's (Eigen's) order, the norm
+        # `tf.clip_by_norm` takes; np.sum's order differs in the last bit (see tf_reduce).
+        return tf_reduce.square_sum(array)
+
+    def half_square_sum(self, array: np.ndarray) -> np.generic:
+        """`tf.nn.l2_loss(array)`, the sum of squares halved in one reduction, in
+        TensorFlow's order: each tensor's share of `tf.clip_by_global_norm`'s norm."""
+        return tf_reduce.l2_loss(array)
 
     def clip(self, array: np.ndarray, low: Any, high: Any) -> np.ndarray:
         return np.clip(array, low, high)

@@ -450,10 +450,17 @@ class TorchBackend:
         return torch.sqrt(array)
 
     def square_sum(self, array: Any) -> np.generic:
-        dtype = _NUMPY_DTYPES[array.dtype]
         if _is_cpu(array):
-            return NUMPY_BACKEND.square_sum(_numpy_view(array))
-        return dtype.type((array * array).sum().item())
+            return NUMPY_BACKEND.square_sum(_numpy_view(array))  # TensorFlow's order, exact
+        # A device tensor is summed where it lives, in torch's order: within an ulp or so of
+        # TensorFlow's, not bit for bit (copying it to the host would cost more than the step).
+        return _NUMPY_DTYPES[array.dtype].type((array * array).sum().item())
+
+    def half_square_sum(self, array: Any) -> np.generic:
+        """`tf.nn.l2_loss(array)`: exact on the CPU, torch's order on a device."""
+        if _is_cpu(array):
+            return NUMPY_BACKEND.half_square_sum(_numpy_view(array))
+        return _NUMPY_DTYPES[array.dtype].type(((array * array) * 0.5).sum().item())
 
     def clip(self, array: Any, low: Any, high: Any) -> torch.Tensor:
         return torch.clamp(array, min=float(low), max=float(high))
