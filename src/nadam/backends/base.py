@@ -131,7 +131,12 @@ class Backend(Protocol):
     def sqrt(self, array: Any) -> Any: ...
 
     def square_sum(self, array: Any) -> np.generic:
-        """Sum of squares as a host scalar of the array's dtype."""
+        """Sum of squares as a host scalar of the array's dtype, added in TensorFlow's CPU
+        order (`nadam.tf_reduce`): the norm of `clipnorm`."""
+
+    def half_square_sum(self, array: Any) -> np.generic:
+        """`tf.nn.l2_loss(array)` (half the sum of squares, one reduction) in TensorFlow's
+        order: each tensor's share of `global_clipnorm`'s norm."""
 
     def clip(self, array: Any, low: Any, high: Any) -> Any: ...
 
