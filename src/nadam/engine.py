@@ -4,10 +4,11 @@ A face (the Keras `Optimizer`/`Nadam`, the torch.optim `nadam.torch.Nadam`, late
 Keras 3) translates its conventions into `Update`s (a variable, its checked gradient, the param
 group whose settings apply) and resolved `Hypers`, then drives the same four stages:
 
-1. `checked_update` / `check_memory`: every check, before anything changes — the variable is
-   trainable, the gradient fits it, the variable's slots still fit it, no two variables share
-   memory, no variable is the optimizer's own state; a gradient that shares memory with a
-   variable is copied so it reads as it was before the step.
+1. `checked_update`, `check_slots_fit`, `check_variable_memory`, `copy_aliased_gradients`
+   (with `VariableMemo` remembering what the previous step checked): every check, before
+   anything changes — the variable is trainable, the gradient fits it, the variable's slots
+   still fit it, no two variables share memory, no variable is the optimizer's own state; a
+   gradient that shares memory with a variable is copied so it reads as it was before.
 2. `clip`: clipvalue, clipnorm, global_clipnorm, per group (after any aggregation).
 3. `prepare`: the step's scalars once per (group, dtype) and the momentum cache the step
    will commit, in an explicit `StepContext` (nothing is written yet).
@@ -159,18 +160,6 @@ def check_slots_fit(update: Update, describe: Callable[[], str]) -> None:
             "array was reshaped, re-typed or replaced after the optimizer saw it. Give it back "
             "its shape, or use a new optimizer (or `set_weights`) for the new shape"
         )
-
-
-def check_memory(
-    updates: Sequence[Update],
-    own_state: memory.SpanIndex | None,
-    describe: Callable[[int], str],
-) -> None:
-    """`check_variable_memory` over a step's variables, then `copy_aliased_gradients`."""
-    variables = check_variable_memory(
-        [(update.backend, update.var) for update in updates], own_state, describe
-    )
-    copy_aliased_gradients(updates, variables)
 
 
 def check_variable_memory(
