@@ -188,3 +188,60 @@ def weight_arrays(
             )
         arrays.append(array)
     return arrays
+
+
+# --- restored state: what a run can have produced -------------------------------------------
+INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def iteration_count(value: Any, name: str = "iterations") -> int:
+    """A restored step counter as a Python int: a whole number in [0, 2**63 - 1].
+
+    Takes a Python or NumPy integer, a whole float (Keras's `get_weights` may have gone
+    through a float array; `torch.optim`'s `step` is a float tensor), a 0-d array or a
+    one-element tensor. NaN, infinities, fractions, negatives, bools and values beyond int64
+    are ValueErrors: no run counts that way, and casting them wraps (NaN and 1e30 become
+    -2**63, and the next step computes NaN).
+    """
+    if isinstance(value, bool | np.bool_):
+        raise ValueError(f"Expected {name} to be a non-negative integer, received: {value!r}")
+    if isinstance(value, int):  # a Python int may be beyond any array dtype
+        number: int | float = value
+    else:
+        try:
+            array = host_scalar(value, name)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"Expected {name} to be a non-negative integer, received: {value!r} ({error})"
+            ) from None
+        number = int(array) if array.dtype.kind in "iu" else float(array)
+    if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+        raise ValueError(f"Expected {name} to be a whole number, received: {value!r}")
+    if not 0 <= number <= INT64_MAX:
+        raise ValueError(
+            f"Expected {name} in [0, 2**63 - 1] (a non-negative int64), received: {value!r}"
+        )
+    return int(number)
+
+
+def momentum_cache(value: Any, name: str = "momentum_cache") -> float:
+    """A restored momentum cache as a Python float: one finite number in [0, 1].
+
+    The cache is a product of momentum factors in [0, 1): it starts at 1 and only shrinks (to
+    exactly 0 once it underflows). An array of another shape than a scalar, NaN or a value
+    outside [0, 1] cannot come from a run.
+    """
+    if isinstance(value, bool | np.bool_):
+        raise ValueError(f"Expected {name} to be a number in [0, 1], received: {value!r}")
+    shape = getattr(value, "shape", ())
+    if tuple(shape) != ():
+        raise ValueError(f"Expected {name} to be a scalar, received an array of shape "
+                         f"{tuple(shape)}")
+    try:
+        number = float(host_scalar(value, name))
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"Expected {name} to be a number in [0, 1], received: {value!r} ({error})"
+        ) from None
+    check_in_range(number, name, CLOSED_UNIT_INTERVAL)
+    return number

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from nadam import checks, engine, memory, schedules
+from nadam import checkpoint, checks, engine, memory, schedules
 from nadam.backends import NUMPY_BACKEND, Backend, SparseGrad, backend_for
 from nadam.hyperparameters import Hyperparameters
 from nadam.slots import SlotTable, variable_key
@@ -323,14 +323,118 @@ class Optimizer:
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Overwrite the optimizer's state from a list as `get_weights` returns it.
 
-        Every length, shape and dtype is checked before anything is written.
+        Everything is checked before anything is written: the length, every shape, that
+        every entry is numeric, and the values no run can produce: `iterations` must be a
+        whole number in [0, 2**63 - 1] and `momentum_cache` a number in [0, 1] (SPEC 4.8).
+        Other entries are cast to the weights' dtypes, as Keras does.
         """
         with engine.exclusive_step(self._lock):
-            backends = [_backend_of_weight(param) for param in self._weights]
-            shapes = [tuple(b.shape(p)) for b, p in zip(backends, self._weights, strict=True)]
-            arrays = checks.weight_arrays(self._name, shapes, weights)
-            for backend, param, array in zip(backends, self._weights, arrays, strict=True):
-                backend.write(param, array.astype(backend.dtype(param)))
+            layout, _ = self._checkpoint_layout()
+            arrays = checks.weight_arrays(self._name, layout.shapes, weights)
+            arrays = _restorable(layout.names, arrays, layout.dtypes, "given to set_weights")
+            self._write_weights(arrays)
+
+    def _write_weights(self, arrays: Sequence[np.ndarray]) -> None:
+        """Write checked arrays into `weights`, in order (under the optimizer's lock)."""
+        for param, array in zip(self._weights, arrays, strict=True):
+            backend = _backend_of_weight(param)
+            backend.write(param, np.asarray(array).astype(backend.dtype(param)))
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def _checkpoint_layout(self) -> tuple[checkpoint.Layout, list[Any]]:
+        """The name, shape and dtype of every weight, in order, and the variables it numbers.
+
+        Names (see `nadam.checkpoint`): ``"iterations"``; a slot is ``"<slot name>/<variable
+        index>"``, variables numbered in the order their first slot appears; Nadam's cache is
+        ``"momentum_cache"`` (the weight of that name); any other weight is
+        ``"weight/<position>"``.
+        """
+        owners = {
+            id(slot): (var, slot_name)
+            for var, slots in self._slots.items()
+            for slot_name, slot in slots.items()
+        }
+        index: dict[Any, int] = {}
+        variables: list[Any] = []
+        names, specs = [], []
+        for position, weight in enumerate(self._weights):
+            backend = _backend_of_weight(weight)
+            specs.append((backend.shape(weight), backend.dtype(weight)))
+            if weight is self._iterations:
+                names.append(checkpoint.ITERATIONS)
+            elif id(weight) in owners:
+                var, slot_name = owners[id(weight)]
+                key = variable_key(var)
+                if key not in index:
+                    index[key] = len(variables)
+                    variables.append(var)
+                names.append(f"{slot_name}/{index[key]}")
+            elif getattr(weight, "name", None) == checkpoint.MOMENTUM_CACHE:
+                names.append(checkpoint.MOMENTUM_CACHE)
+            else:
+                names.append(f"weight/{position}")
+        infos = []
+        for var in variables:
+            backend = self._backend_of(var)
+            name = getattr(var, "name", None)
+            infos.append(checkpoint.VariableInfo(
+                name if isinstance(name, str) else None, tuple(backend.shape(var)),
+                backend.dtype(var).name, backend.name,
+            ))
+        return checkpoint.layout_of(names, specs, infos), variables
+
+    def save_state(self, path: Any) -> None:
+        """Save the optimizer's state to `path`: a safetensors file (`nadam.checkpoint`).
+
+        The slots as tensors; iterations, momentum_cache, the config, the variables' names,
+        shapes and dtypes and the weight order as JSON, with a SHA-256 over all of it. The
+        write is atomic: a crash mid-save leaves the previous file at `path` intact.
+
+        Example:
+            >>> import os, tempfile
+            >>> from nadam import Nadam
+            >>> x = Variable([1.0, 2.0])
+            >>> opt = Nadam()
+            >>> opt.apply_gradients([(np.ones(2, np.float32), x)])
+            1
+            >>> path = os.path.join(tempfile.mkdtemp(), "opt.safetensors")
+            >>> opt.save_state(path)
+            >>> twin = Nadam()
+            >>> twin.build([Variable([1.0, 2.0])])
+            >>> twin.load_state(path)
+            >>> int(twin.iterations.value)
+            1
+        """
+        with self._lock:  # one consistent state, never half of a step
+            layout, _ = self._checkpoint_layout()
+            arrays = self.get_weights()
+            iterations = int(self._iterations.value)
+            config = self.get_config()
+        cls = type(self)
+        checkpoint.write(
+            path, layout, arrays, iterations=iterations, face="keras",
+            optimizer=f"{cls.__module__}.{cls.__qualname__}", config=config,
+        )
+
+    def load_state(self, path: Any) -> None:
+        """Load a checkpoint written by `save_state` (of either face) into this optimizer.
+
+        The checkpoint maps onto `weights` by position: build the state first
+        (`build(var_list)` or a step) with the same variables in the same order. Everything
+        is checked before anything is written (the file, its checksum, every name, shape
+        and dtype, iterations and momentum_cache); on any error (ValueError, or
+        FileNotFoundError) the optimizer is unchanged. Hyperparameters are not loaded.
+        """
+        saved = checkpoint.read(path)
+        with engine.exclusive_step(self._lock):
+            layout, _ = self._checkpoint_layout()
+            arrays = saved.arrays_for(layout, f"optimizer {self._name}")
+            if self._weights:
+                self._write_weights(arrays)
+            else:  # nothing built, nothing saved: only the counter
+                _restorable(["iterations"], [np.asarray(saved.iterations)],
+                            [self._iterations.dtype], "in the checkpoint")
+                self._iterations.assign(np.asarray(saved.iterations, self._iterations.dtype))
 
     def build(self, var_list: Iterable[Any]) -> None:
         """Create the optimizer's state for `var_list` without taking a step.
@@ -723,6 +827,27 @@ def _backend_of_weight(weight: Any) -> Backend:
     if backend is None:  # pragma: no cover - weights are created by backends
         raise TypeError(f"Unsupported optimizer weight {weight!r}")
     return backend
+
+
+def _restorable(
+    names: Sequence[str], arrays: list[np.ndarray], dtypes: Sequence[np.dtype], source: str
+) -> list[np.ndarray]:
+    """`arrays` after checking the values no run can produce (SPEC 4.8): `iterations` a
+    whole number that fits its dtype, `momentum_cache` a number in [0, 1]."""
+    arrays = list(arrays)
+    for position, (name, dtype) in enumerate(zip(names, dtypes, strict=True)):
+        if name == "iterations":
+            what = f"iterations (weight {position} {source})"
+            count = checks.iteration_count(np.asarray(arrays[position]).item(), what)
+            dtype = np.dtype(dtype)
+            if count > np.iinfo(dtype).max:
+                raise ValueError(f"Expected {what} to fit in {dtype}, received: {count}")
+            arrays[position] = np.asarray(count, dtype=dtype)
+        elif name == "momentum_cache":
+            checks.momentum_cache(
+                np.asarray(arrays[position]).item(), f"momentum_cache (weight {position} {source})"
+            )
+    return arrays
 
 
 def _initial_value(initializer: Any, shape: tuple[int, ...], dtype: np.dtype, name: str) -> Any:
