@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nadam import checks, engine
+from nadam import checkpoint, checks, engine
 from nadam.backends.torch import TORCH_BACKEND
 
 __all__ = ["Nadam"]
@@ -405,30 +405,133 @@ class Nadam(torch.optim.Optimizer):
         return [TORCH_BACKEND.to_numpy(t) for t in self._keras_weights()]
 
     def _keras_weights(self) -> list[torch.Tensor]:
+        return [tensor for _, tensor in self._keras_entries()[0]]
+
+    def _keras_entries(self) -> tuple[list[tuple[str, torch.Tensor]], list[torch.Tensor]]:
+        """The state in Keras's order, each tensor with its checkpoint name
+        (`nadam.checkpoint`), and the parameters with slots in the order they are numbered."""
         schedule = self._schedule()
         if "momentum_cache" not in schedule:
-            return []
-        weights = [schedule["iterations"], schedule["momentum_cache"]]
+            return [], []
+        entries = [
+            (checkpoint.ITERATIONS, schedule["iterations"]),
+            (checkpoint.MOMENTUM_CACHE, schedule["momentum_cache"]),
+        ]
         params = self._params_with_state()
         for this_round in sorted({self.state[p]["round"] for p in params}):
-            members = [p for p in params if self.state[p]["round"] == this_round]
-            weights += [self.state[p]["m"] for p in members]
-            weights += [self.state[p]["v"] for p in members]
-        return weights
+            members = [
+                (index, p) for index, p in enumerate(params) if self.state[p]["round"] == this_round
+            ]
+            entries += [(f"m/{index}", self.state[p]["m"]) for index, p in members]
+            entries += [(f"v/{index}", self.state[p]["v"]) for index, p in members]
+        return entries, params
 
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Load a list as `get_weights` (or Keras's `get_weights`) returns it.
 
-        The length and every shape are checked before anything is written.
+        Everything is checked before anything is written: the length, every shape, and the
+        values no run can produce (`iterations` a whole number in [0, 2**63 - 1],
+        `momentum_cache` a number in [0, 1]; SPEC 4.8).
         """
-        targets = self._keras_weights()
-        arrays = checks.weight_arrays(
-            "Nadam", [tuple(target.shape) for target in targets], weights
-        )
-        for target, array in zip(targets, arrays, strict=True):
-            target.copy_(torch.from_numpy(np.array(array, order="C")))
+        with engine.exclusive_step(self._step_lock):
+            entries, _ = self._keras_entries()
+            targets = [tensor for _, tensor in entries]
+            arrays = checks.weight_arrays(
+                "Nadam", [tuple(target.shape) for target in targets], weights
+            )
+            for position, ((name, _), array) in enumerate(zip(entries, arrays, strict=True)):
+                what = f"{name} (weight {position} given to set_weights)"
+                if name == checkpoint.ITERATIONS:
+                    arrays[position] = np.asarray(checks.iteration_count(array.item(), what))
+                elif name == checkpoint.MOMENTUM_CACHE:
+                    checks.momentum_cache(array.item(), what)
+            _write(targets, arrays)
 
-    # --- checkpoints -------------------------------------------------------------------------
+    # --- our checkpoint files ----------------------------------------------------------------
+    def _checkpoint_layout(self) -> tuple[checkpoint.Layout, list[torch.Tensor]]:
+        """The state's `checkpoint.Layout` and its tensors in the same order."""
+        entries, params = self._keras_entries()
+        return _layout(
+            [name for name, _ in entries],
+            [(tuple(t.shape), _numpy_dtype(t)) for _, t in entries],
+            params, self._param_names(),
+        ), [tensor for _, tensor in entries]
+
+    def _layout_when_built(self) -> tuple[checkpoint.Layout, list[torch.Tensor]]:
+        """The layout `build()` would give a state-less optimizer: every parameter, in
+        param-group order, in one round."""
+        params = list({id(p): p for g in self.param_groups for p in g["params"]}.values())
+        for index, group in enumerate(self.param_groups):
+            for position, param in enumerate(group["params"]):
+                _checked(_param_name(index, position), TORCH_BACKEND.check_tensor, param)
+        if not params:
+            return _layout([], [], [], {}), params
+        names = [checkpoint.ITERATIONS, checkpoint.MOMENTUM_CACHE]
+        names += [f"m/{i}" for i in range(len(params))] + [f"v/{i}" for i in range(len(params))]
+        specs = [((), np.dtype(np.int64)), ((), TORCH_BACKEND.dtype(params[0]))]
+        specs += [(tuple(p.shape), TORCH_BACKEND.dtype(p)) for p in params] * 2
+        return _layout(names, specs, params, self._param_names()), params
+
+    def _param_names(self) -> dict[int, str]:
+        """Parameter names where the groups have them (`named_parameters()` given to torch)."""
+        names = {}
+        for group in self.param_groups:
+            for param, name in zip(group["params"], group.get("param_names") or (), strict=False):
+                names[id(param)] = str(name)
+        return names
+
+    def save_state(self, path: Any) -> None:
+        """Save the state to `path`: one safetensors file with JSON metadata (`nadam.checkpoint`).
+
+        `m` and `v` of every parameter with state as tensors; `iterations`,
+        `momentum_cache`, the defaults and param groups' settings, the parameters' names
+        (where given), shapes and dtypes and Keras's weight order as JSON; a SHA-256 of all
+        of it. Atomic: a crash mid-save leaves the previous file at `path` intact. The file
+        loads into `nadam.Nadam` too (same shapes and dtypes, same order).
+        """
+        with self._step_lock:  # one consistent state, never half of a step
+            layout, tensors = self._checkpoint_layout()
+            arrays = [TORCH_BACKEND.to_numpy(t) for t in tensors]
+            iterations = self.iterations
+            config = {
+                "defaults": self.defaults,
+                "param_groups": [
+                    {k: v for k, v in group.items() if k != "params"}
+                    for group in self.param_groups
+                ],
+            }
+        cls = type(self)
+        checkpoint.write(
+            path, layout, arrays, iterations=iterations, face="torch.optim",
+            optimizer=f"{cls.__module__}.{cls.__qualname__}", config=config,
+        )
+
+    def load_state(self, path: Any) -> None:
+        """Load a checkpoint written by `save_state` of either face (`nadam.checkpoint`).
+
+        The checkpoint maps onto `get_weights()`'s order by position. An optimizer with no
+        state yet builds it first (as `build()`: every parameter, in param-group order), if
+        the checkpoint fits that. Everything is checked before anything is written (the file,
+        its checksum, every name, shape and dtype, iterations and momentum_cache); on any
+        error (ValueError, or FileNotFoundError) the optimizer is unchanged. Hyperparameters
+        (the param groups' settings) are not loaded.
+        """
+        saved = checkpoint.read(path)
+        with engine.exclusive_step(self._step_lock):
+            layout, targets = self._checkpoint_layout()
+            if not targets and saved.layout.names:
+                layout, params = self._layout_when_built()
+                arrays = saved.arrays_for(layout, "this nadam.torch.Nadam (once built)")
+                self._create_state(params)
+                _, targets = self._checkpoint_layout()
+            else:
+                arrays = saved.arrays_for(layout, "this nadam.torch.Nadam")
+            if targets:
+                _write(targets, arrays)
+            else:  # nothing built, nothing saved: only the counter
+                self._schedule()["iterations"].fill_(saved.iterations)
+
+    # --- state dicts -------------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch.optim's `load_state_dict` (hooks included), with the loaded state checked first.
 
@@ -439,8 +542,16 @@ class Nadam(torch.optim.Optimizer):
         `schedule_decay` equal in all groups, `state["nadam"]` (`iterations` a non-negative
         integer; `momentum_cache` a finite 0-d float tensor in [0, 1], present once any
         parameter has slots) and each parameter's slots (`m` and `v` of its shape, an integer
-        `round`). Entries that are not about a parameter (`state["epoch"] = 3`) are kept as
-        they are, as torch does.
+        `round`); `iterations` above 0 without a `momentum_cache` is refused too (the schedule
+        would silently restart). Entries that are not about a parameter (`state["epoch"] = 3`)
+        are kept as they are, as torch does.
+
+        A state dict of `torch.optim.NAdam` (the same maths with per-parameter schedules) is
+        converted, so that a run can switch optimizers mid-way: `exp_avg` -> m, `exp_avg_sq`
+        -> v, the `step` of every parameter (which must be equal) -> iterations,
+        `mu_product` (equal too) -> momentum_cache, `momentum_decay` -> schedule_decay; its
+        `lr`, `betas` and `eps` load as any group setting does. Weight decay, `maximize` or
+        parameters at different steps are a ValueError: no run of ours has them.
 
         Unlike torch's built-in optimizers the loaded tensors are copied, so one state dict
         can seed several optimizers without them sharing state.
@@ -460,14 +571,130 @@ class Nadam(torch.optim.Optimizer):
                 _complete_group(group, self.defaults)
             return
         param_groups = state["param_groups"]
+        loaded_state = state["state"]
+        if _from_torch_nadam(param_groups):
+            loaded_state = _converted_torch_nadam(loaded_state, param_groups)
         for group in param_groups:
             _complete_group(group, self.defaults)
         _check_shared_schedule([
             _group_hypers(group, f"loaded param_groups[{index}]")
             for index, group in enumerate(param_groups)
         ])
-        loaded = _loaded_state(state["state"], param_groups)
+        loaded = _loaded_state(loaded_state, param_groups)
         super().__setstate__({**state, "state": loaded, "param_groups": param_groups})
+
+
+def _layout(
+    names: Sequence[str], specs: Sequence[tuple[tuple[int, ...], np.dtype]],
+    params: Sequence[torch.Tensor], param_names: dict[int, str],
+) -> checkpoint.Layout:
+    variables = [
+        checkpoint.VariableInfo(
+            param_names.get(id(p)), tuple(p.shape), TORCH_BACKEND.dtype(p).name, "torch"
+        )
+        for p in params
+    ]
+    return checkpoint.layout_of(names, specs, variables)
+
+
+def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
+    return torch.empty(0, dtype=tensor.dtype).numpy().dtype
+
+
+def _write(targets: Sequence[torch.Tensor], arrays: Sequence[np.ndarray]) -> None:
+    """Copy checked arrays into the state's tensors (cast to their dtypes, as Keras does)."""
+    with torch.no_grad():
+        for target, array in zip(targets, arrays, strict=True):
+            target.copy_(torch.from_numpy(np.array(array, order="C")))
+
+
+# --- torch.optim.NAdam's state dicts -----------------------------------------------------------
+# torch.optim.NAdam computes Keras 2's Nadam with per-parameter schedules: `step`, `mu_product`
+# (our momentum_cache), `exp_avg` (m) and `exp_avg_sq` (v). Its settings that we do not have
+# must be off; those about how it computes (foreach, ...) mean nothing here.
+_TORCH_NADAM_STATE = ("step", "mu_product", "exp_avg", "exp_avg_sq")
+_TORCH_NADAM_OFF = {"weight_decay": 0, "maximize": False}
+_TORCH_NADAM_ONLY = (
+    "momentum_decay", "weight_decay", "decoupled_weight_decay", "maximize", "foreach",
+    "capturable", "differentiable", "fused",
+)
+
+
+def _from_torch_nadam(param_groups: Sequence[dict[str, Any]]) -> bool:
+    """Whether loaded param groups are torch.optim.NAdam's (they have `momentum_decay`)."""
+    return any("momentum_decay" in group and "schedule_decay" not in group
+               for group in param_groups)
+
+
+def _converted_torch_nadam(state: Any, param_groups: Sequence[dict[str, Any]]) -> dict[Any, Any]:
+    """A torch.optim.NAdam state (mapped onto our parameters by torch) as ours.
+
+    `exp_avg` -> m, `exp_avg_sq` -> v, the `step` of every parameter (which must be equal)
+    -> iterations, `mu_product` (equal too) -> momentum_cache in the dtype of the first
+    parameter with state; the groups' `momentum_decay` -> schedule_decay. A state that no
+    run of ours could have (parameters at different steps, weight decay, maximize) is a
+    ValueError. Edits `param_groups` (torch's copies) in place; `state` is not changed.
+    """
+    for index, group in enumerate(param_groups):
+        where = f"loaded torch.optim.NAdam param_groups[{index}]"
+        for name, off in _TORCH_NADAM_OFF.items():
+            if name in group and group[name] != off:
+                raise ValueError(
+                    f"{where} has {name}={group[name]!r}: nadam's Nadam has no {name}, so "
+                    "this run cannot continue here"
+                )
+        if "momentum_decay" in group:
+            group["schedule_decay"] = group["momentum_decay"]
+        for name in _TORCH_NADAM_ONLY:
+            group.pop(name, None)
+    if not isinstance(state, dict):
+        raise ValueError(f"loaded torch.optim.NAdam state must be a dict, got {type(state)}")
+    if _SCHEDULE_KEY in state:
+        raise ValueError(
+            f"loaded state has param groups of torch.optim.NAdam but state['{_SCHEDULE_KEY}'] "
+            "of nadam.torch.Nadam: it mixes two optimizers' state dicts"
+        )
+    converted: dict[Any, Any] = {}
+    first: tuple[str, int, torch.Tensor, torch.Tensor] | None = None
+    for index, group in enumerate(param_groups):
+        for position, param in enumerate(group["params"]):
+            value = state.get(param)
+            if value is None or (isinstance(value, dict) and not value):
+                continue  # a parameter without a gradient yet
+            name = _param_name(index, position)
+            where = f"loaded torch.optim.NAdam state of {name}"
+            if not isinstance(value, dict):
+                raise ValueError(f"{where} must be a dict, got {type(value).__name__}")
+            missing = [key for key in _TORCH_NADAM_STATE if key not in value]
+            if missing:
+                raise ValueError(f"{where} lacks {missing}: it is not torch.optim.NAdam's state")
+            mu_product = value["mu_product"]
+            if not isinstance(mu_product, torch.Tensor):
+                raise ValueError(f"{where} has mu_product {mu_product!r}, not a tensor")
+            step = checks.iteration_count(value["step"], f"the step in the {where}")
+            if first is None:
+                first = (name, step, mu_product, param)
+            elif step != first[1] or not torch.equal(
+                mu_product.detach().cpu(), first[2].detach().cpu().to(mu_product.dtype)
+            ):
+                raise ValueError(
+                    f"loaded torch.optim.NAdam state: {name} is at step {step} (mu_product "
+                    f"{float(mu_product)!r}) but {first[0]} at step {first[1]} (mu_product "
+                    f"{float(first[2])!r}); torch.optim.NAdam counts steps per parameter, "
+                    "nadam per optimizer (Keras's iterations and momentum_cache), so only a "
+                    "state whose parameters have all taken the same steps converts"
+                )
+            converted[param] = {"m": value["exp_avg"], "v": value["exp_avg_sq"], "round": 0}
+    for key, value in state.items():  # what is not about a parameter stays as it is
+        if key not in converted and not (isinstance(key, torch.Tensor) and not value):
+            converted[key] = value
+    if first is not None:
+        _, step, mu_product, param = first
+        converted[_SCHEDULE_KEY] = {
+            "iterations": step,
+            "momentum_cache": mu_product.detach().to("cpu", param.dtype).reshape(()),
+        }
+    return converted
 
 
 def _complete_group(group: dict[str, Any], defaults: dict[str, Any]) -> None:
@@ -497,15 +724,25 @@ def _loaded_state(
             loaded[key] = _loaded_schedule(value)
         else:
             loaded[key] = value  # torch.optim keeps entries that are not about a parameter
-    if with_slots and "momentum_cache" not in loaded.get(_SCHEDULE_KEY, {}):
+    schedule = loaded.get(_SCHEDULE_KEY, {})
+    if with_slots and "momentum_cache" not in schedule:
         raise ValueError(
             f"loaded state has slots for {len(with_slots)} parameter(s) but no "
             f"state['{_SCHEDULE_KEY}']['momentum_cache']"
+        )
+    if "momentum_cache" not in schedule and schedule and int(schedule["iterations"]):
+        raise ValueError(
+            f"loaded state['{_SCHEDULE_KEY}'] has iterations {int(schedule['iterations'])} but "
+            "no 'momentum_cache': every step makes one, and without it the momentum schedule "
+            "would silently restart at 1"
         )
     return loaded
 
 
 def _loaded_schedule(value: Any) -> dict[str, Any]:
+    """`state["nadam"]` checked (SPEC 4.8): iterations a non-negative int64 (an integer
+    tensor or a Python int), momentum_cache a 0-d float tensor in [0, 1] (`_loaded_state`
+    checks that it is there whenever it must be)."""
     where = f"loaded state['{_SCHEDULE_KEY}']"
     if not isinstance(value, dict):
         raise ValueError(
@@ -513,32 +750,36 @@ def _loaded_schedule(value: Any) -> dict[str, Any]:
             f"{type(value).__name__}"
         )
     schedule = dict(value)
-    iterations = value.get("iterations")
+    given = value.get("iterations")
+    iterations = given
     if isinstance(iterations, torch.Tensor) and (
         iterations.numel() == 1 and not iterations.dtype.is_floating_point
         and not iterations.dtype.is_complex and iterations.dtype is not torch.bool
     ):
         iterations = iterations.item()
-    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or (
-        iterations < 0
-    ):
+    try:
+        if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral):
+            raise ValueError("not an integer")
+        iterations = checks.iteration_count(int(iterations))
+    except ValueError as error:
         raise ValueError(
             f"{where}['iterations'] must be a non-negative integer (an int64 tensor), got "
-            f"{value.get('iterations')!r}"
-        )
-    schedule["iterations"] = torch.tensor(int(iterations), dtype=torch.int64)
+            f"{given!r} ({error})"
+        ) from None
+    schedule["iterations"] = torch.tensor(iterations, dtype=torch.int64)
     if "momentum_cache" in value:
         cache = value["momentum_cache"]
-        if not (
-            isinstance(cache, torch.Tensor)
-            and cache.numel() == 1
-            and cache.dtype in (torch.float16, torch.float32, torch.float64)
-            and 0.0 <= float(cache) <= 1.0
-        ):
+        try:
+            if not isinstance(cache, torch.Tensor) or cache.dtype not in (
+                torch.float16, torch.float32, torch.float64
+            ):
+                raise ValueError("not a float tensor")
+            checks.momentum_cache(cache)
+        except ValueError as error:
             raise ValueError(
                 f"{where}['momentum_cache'] must be a one-element float16, float32 or float64 "
-                f"tensor in [0, 1], got {cache!r}"
-            )
+                f"tensor in [0, 1] of shape () (a scalar), got {cache!r} ({error})"
+            ) from None
         # A CPU copy of its own: the step reads it on the host and advances it in place.
         schedule["momentum_cache"] = cache.detach().to("cpu", copy=True).reshape(())
     return schedule
@@ -559,6 +800,11 @@ def _loaded_slots(param: torch.Tensor, value: Any) -> dict[str, Any]:
     slots = dict(value)
     for name in ("m", "v"):
         tensor = value.get(name)
+        if tensor is not None and not isinstance(tensor, torch.Tensor):
+            raise ValueError(
+                f"{where} has {name} {tensor!r} of type {type(tensor).__name__}, where a "
+                f"tensor of shape {tuple(param.shape)} belongs"
+            )
         if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != tuple(param.shape):
             shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else tensor
             raise ValueError(
