@@ -39,7 +39,7 @@ def numpy_step(arrays: list[np.ndarray], grads: list[np.ndarray]) -> Callable[[]
 def kernel_step(arrays: list[np.ndarray], grads: list[np.ndarray]) -> Callable[[], None]:
     from nadam.backends import NUMPY_BACKEND
     from nadam.kernels import select
-    from nadam.step_scalars import nadam_scalars
+    from nadam.nadam import nadam_scalars
 
     xs = [a.copy() for a in arrays]
     ms = [np.zeros_like(a) for a in arrays]
