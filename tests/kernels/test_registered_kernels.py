@@ -6,7 +6,13 @@ on CPU arrays of the library it names (a torch kernel's ops run on any device), 
 inputs as the reference on NumPy arrays: float32 and float64, tensors of odd sizes (0-d, empty,
 one big enough for a multi-threaded path, a transposed one), mixed-magnitude and non-finite
 values, dense and sparse (duplicate rows summed by the NumPy backend's `dedupe` first), at
-steps from the first to late training, where the bias corrections are exactly 1.
+steps from the first to late training, where the bias corrections are exactly 1. Among the
+values are subnormal ones and, made from each step's scalars, operands whose products land at
+the smallest normal number, where TensorFlow's flush-to-zero decides (`kernels.reference`): on
+both sides of x86's rounding window, so a kernel that flushes in hardware (the fused CPU one)
+and one that models it with masks (the torch one) are both held to the reference's model. A
+second test holds every kernel, the reference included, to the flushing itself: subnormal
+inputs act as zeros and no result is subnormal.
 Also here: what the registry lists and in what order `select` tries it, and that importing the
 kernels imports no framework.
 """
@@ -93,6 +99,52 @@ def _scalars(dtype: Any, step: str) -> Any:
     return s
 
 
+def _at_the_smallest_normal(factor: Any, dtype: Any) -> np.ndarray:
+    """The positive numbers t of `dtype` (within 64 units in the last place of 2**-E / |factor|)
+    whose product with `factor` IEEE rounds to the smallest normal number 2**-E: those that
+    x86 flushes (their product rounded with an unbounded exponent stays below 2**-E) and those
+    it keeps, whichever this factor has."""
+    tiny = np.finfo(dtype).tiny
+    center = np.asarray(tiny / np.abs(np.asarray(factor, np.float64)), dtype)
+    unsigned = f"u{center.itemsize}"
+    neighbours = (center.reshape(1).view(unsigned).astype(np.int64) + np.arange(-64, 65))
+    candidates = neighbours.astype(unsigned).view(dtype)
+    return candidates[np.abs(dtype(factor) * candidates) == tiny]
+
+
+def _edge_values(rng: np.random.Generator, n: int, dtype: Any, s: Any, kind: str) -> np.ndarray:
+    """`n` values of gradient or slot `kind` at the edge of flushing for the step's scalars `s`:
+    operands whose first product (beta_1 * m, (1 - beta_1) * g, g * g, beta_2 * v) IEEE rounds
+    to the smallest normal number, their neighbours, and subnormal numbers, random signs."""
+    tiny = np.finfo(dtype).tiny
+    if kind == "g":
+        square_root = np.asarray(np.sqrt(np.float64(tiny)), dtype)  # g * g at the edge
+        unsigned = f"u{square_root.itemsize}"
+        near = (square_root.reshape(1).view(unsigned).astype(np.int64) + np.arange(-8, 9))
+        roots = near.astype(unsigned).view(dtype)
+        edge = np.concatenate([_at_the_smallest_normal(s.one_minus_beta_1, dtype),
+                               roots[np.abs(roots * roots) == tiny]])
+    elif kind in "mv":
+        edge = _at_the_smallest_normal(s.beta_1 if kind == "m" else s.beta_2, dtype)
+    else:  # x: numbers at the smallest normal number, for x - step
+        edge = np.array([tiny, 2 * tiny], dtype)
+    values = rng.choice(edge, n) if edge.size else np.full(n, tiny, dtype)
+    unsigned = f"u{values.itemsize}"
+    nudged = values.view(unsigned).astype(np.int64) + rng.integers(-2, 3, n) * (rng.random(n) < 0.3)
+    values = nudged.astype(unsigned).view(dtype)
+    subnormal = rng.random(n) < 0.2
+    values[subnormal] = values[subnormal] * rng.uniform(0, 1, int(subnormal.sum())).astype(dtype)
+    values = values * rng.choice(np.array([-1, 1], dtype), n)
+    return np.abs(values) if kind == "v" else values
+
+
+def _edge_tensors(dtype: Any, s: Any, shape: tuple[int, ...], seed: int = 2025) -> dict:
+    """x, g, m and v of `shape`, made of `_edge_values` for the step's scalars `s`."""
+    rng = np.random.default_rng(seed)
+    size = int(np.prod(shape))
+    return {kind: _edge_values(rng, size, dtype, s, kind).reshape(shape) for kind in "xgmv"}
+
+
 def _with_non_finite(rng: np.random.Generator, array: np.ndarray) -> np.ndarray:
     if array.size >= 8:
         for value in (np.inf, -np.inf, np.nan):
@@ -108,8 +160,12 @@ def _tensor(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any,
     return array.T if transposed else array
 
 
-def _dense_inputs(dtype: Any) -> list[list[np.ndarray]]:
-    """[xs, gs, ms, vs] as NumPy arrays; v non-negative, as a second moment is."""
+EDGE_SIZE = 4099  # one more tensor, of values at the flushing edge (`_edge_values`)
+
+
+def _dense_inputs(dtype: Any, s: Any = None) -> list[list[np.ndarray]]:
+    """[xs, gs, ms, vs] as NumPy arrays; v non-negative, as a second moment is. With the step's
+    scalars `s`, one more tensor of values at the flushing edge for them."""
     rng = np.random.default_rng(2024)
     xs, gs, ms, vs = [], [], [], []
     for shape, transposed in DENSE_TENSORS:
@@ -117,11 +173,19 @@ def _dense_inputs(dtype: Any) -> list[list[np.ndarray]]:
         gs.append(_with_non_finite(rng, _tensor(rng, shape, dtype, transposed)))
         ms.append(_tensor(rng, shape, dtype, transposed))
         vs.append(np.asarray(np.abs(_tensor(rng, shape, dtype, transposed))))  # 0-d: an array
+    if s is not None:
+        edge = _edge_tensors(dtype, s, (EDGE_SIZE,))
+        for group, kind in zip((xs, gs, ms, vs), "xgmv", strict=True):
+            group.append(edge[kind])
     return [xs, gs, ms, vs]
 
 
-def _sparse_inputs(dtype: Any) -> list[tuple[np.ndarray, ...]]:
-    """(x, unique rows, their indices, m, v) per variable, duplicates summed by `dedupe`."""
+EDGE_ROWS = (64, 33)  # a sparse variable of values at the flushing edge, half its rows indexed
+
+
+def _sparse_inputs(dtype: Any, s: Any = None) -> list[tuple[np.ndarray, ...]]:
+    """(x, unique rows, their indices, m, v) per variable, duplicates summed by `dedupe`. With
+    the step's scalars `s`, one more variable of values at the flushing edge for them."""
     rng = np.random.default_rng(7)
     cases = []
     for shape, count in SPARSE_TENSORS:
@@ -133,6 +197,11 @@ def _sparse_inputs(dtype: Any) -> list[tuple[np.ndarray, ...]]:
         assert unique.indices.size == np.unique(indices).size
         x, m = _tensor(rng, shape, dtype), _tensor(rng, shape, dtype)
         cases.append((x, unique.values, unique.indices, m, np.abs(_tensor(rng, shape, dtype))))
+    if s is not None:
+        rows = EDGE_ROWS[0]
+        indices = rng.permutation(rows)[: rows // 2].astype(np.int64)
+        edge = _edge_tensors(dtype, s, EDGE_ROWS)
+        cases.append((edge["x"], edge["g"][indices], indices, edge["m"], edge["v"]))
     return cases
 
 
@@ -146,7 +215,7 @@ def test_dense_kernel_equals_the_reference_bit_for_bit(kernel, dtype, step):
     backend, convert = _arrays_for(kernel)
     choice = kernel.load()
     s = _scalars(dtype, step)
-    inputs = _dense_inputs(dtype)
+    inputs = _dense_inputs(dtype, s)
     expected = [[a.copy() for a in group] for group in inputs]
     ours = [[convert(a) for a in group] for group in inputs]
     with np.errstate(all="ignore"):  # overflow and inf - inf, on both sides
@@ -154,7 +223,7 @@ def test_dense_kernel_equals_the_reference_bit_for_bit(kernel, dtype, step):
         choice.dense(backend, *ours, s)
     for name, position in (("x", 0), ("m", 2), ("v", 3)):
         for i, (theirs, mine) in enumerate(zip(expected[position], ours[position], strict=True)):
-            what = f"{kernel.name}: {name} of tensor {i} {DENSE_TENSORS[i]}"
+            what = f"{kernel.name}: {name} of tensor {i} {[*DENSE_TENSORS, 'edge'][i]}"
             assert_bitwise_equal_nan_aware(backend.to_numpy(mine), theirs, what)
 
 
@@ -165,14 +234,14 @@ def test_sparse_kernel_equals_the_reference_bit_for_bit(kernel, dtype, step):
     backend, convert = _arrays_for(kernel)
     choice = kernel.load()
     s = _scalars(dtype, step)
-    for i, case in enumerate(_sparse_inputs(dtype)):
+    for i, case in enumerate(_sparse_inputs(dtype, s)):
         x, rows, indices, m, v = (a.copy() for a in case)
         mine = [convert(a) for a in case]
         with np.errstate(all="ignore"):
             reference.apply_sparse(NUMPY_BACKEND, x, rows, indices, m, v, s)
             choice.sparse(backend, *mine, s)
         for name, theirs, ours in (("x", x, mine[0]), ("m", m, mine[3]), ("v", v, mine[4])):
-            what = f"{kernel.name}: {name} of variable {i} {SPARSE_TENSORS[i]}"
+            what = f"{kernel.name}: {name} of variable {i} {[*SPARSE_TENSORS, 'edge'][i]}"
             assert_bitwise_equal_nan_aware(backend.to_numpy(ours), theirs, what)
 
 
@@ -189,6 +258,85 @@ def test_the_inputs_reach_the_edges_they_are_meant_to():
         reference.apply_dense(NUMPY_BACKEND, x, *inputs[1:], _scalars(np.float32, "first"))
     values = np.concatenate([a.reshape(-1) for a in x])
     assert np.isnan(values).any() and np.isfinite(values).mean() > 0.9
+
+
+def test_the_edge_values_straddle_the_rounding_window():
+    # Products that IEEE rounds to the smallest normal number, in the first ops of the dense
+    # step: some flushed by x86's rule and some kept, in each dtype over the steps (which of
+    # the two a scalar allows depends on its bits), and products that IEEE leaves subnormal.
+    for dtype in DTYPES:
+        tiny = np.finfo(dtype).tiny
+        flushed = kept = 0
+        for step in STEPS:
+            s = _scalars(dtype, step)
+            edge = _edge_tensors(dtype, s, (EDGE_SIZE,))  # as `_dense_inputs` has them
+            g, m, v = (reference.flush(edge[kind]) for kind in "gmv")
+            for scalar, operand in ((s.beta_1, m), (s.one_minus_beta_1, g), (g, g),
+                                    (s.beta_2, v)):
+                at_tiny = np.abs(scalar * operand) == tiny
+                zero = reference.mul(scalar, operand) == 0
+                flushed, kept = flushed + (at_tiny & zero).sum(), kept + (at_tiny & ~zero).sum()
+                assert ((0 < np.abs(scalar * operand)) & (np.abs(scalar * operand) < tiny)).any()
+        assert flushed > 100 and kept > 100, (dtype, flushed, kept)
+
+
+def _zero_subnormals(array: np.ndarray) -> np.ndarray:
+    """`array` with each subnormal element replaced by a zero of its sign."""
+    subnormal = (array != 0) & (np.abs(array) < np.finfo(array.dtype).tiny)
+    return np.where(subnormal, np.copysign(np.zeros_like(array), array), array)
+
+
+def _has_subnormals(array: np.ndarray) -> bool:
+    return bool(((array != 0) & (np.abs(array) < np.finfo(array.dtype).tiny)).any())
+
+
+@pytest.mark.parametrize("step", ["first", "momentum cache underflowed"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", kernels.registered_kernels(), ids=lambda kernel: kernel.name)
+def test_every_kernel_flushes_subnormals_as_tensorflow(kernel, dtype, step):
+    # TensorFlow's FTZ and DAZ (`kernels.reference`): a subnormal input acts as a zero of its
+    # sign, and no x, m or v it writes is subnormal (except the rows a sparse step leaves
+    # alone). The inputs hold subnormals and products that underflow. (The fused kernel's
+    # threads flush too: the comparison above, on a tensor of BIG elements, shows it.)
+    backend, convert = _arrays_for(kernel)
+    choice = kernel.load()
+    s = _scalars(dtype, step)
+    rng = np.random.default_rng(5)
+    edge = _edge_tensors(dtype, s, (EDGE_SIZE,), seed=6)
+    inputs = [[special_values(rng, 5000, dtype), edge[kind]] for kind in "xgmv"]
+    inputs[3] = [np.abs(v) for v in inputs[3]]
+    assert all(_has_subnormals(a) for group in inputs for a in group)
+    runs = []
+    for arrays in (inputs, [[_zero_subnormals(a) for a in group] for group in inputs]):
+        ours = [[convert(a) for a in group] for group in arrays]
+        with np.errstate(all="ignore"):
+            choice.dense(backend, *ours, s)
+        runs.append([[backend.to_numpy(a) for a in ours[position]] for position in (0, 2, 3)])
+    for name, with_subnormals, zeroed in zip("xmv", *runs, strict=True):
+        for i, (a, b) in enumerate(zip(with_subnormals, zeroed, strict=True)):
+            what = f"{kernel.name}: {name} of tensor {i}"
+            assert not _has_subnormals(a), f"{what} has subnormal numbers"
+            assert_bitwise_equal_nan_aware(a, b, f"{what}, subnormal inputs against zeros")
+    # Sparse: m and v decay everywhere, x moves in the indexed rows only.
+    rows = EDGE_ROWS[0]
+    indices = rng.permutation(rows)[: rows // 2].astype(np.int64)
+    case = _edge_tensors(dtype, s, EDGE_ROWS, seed=7)
+    case["g"] = case["g"][indices]
+    results = []
+    for zero in (False, True):
+        x, g, m, v = (case[k].copy() for k in "xgmv")
+        if zero:
+            x[indices], g, m, v = _zero_subnormals(x[indices]), *map(_zero_subnormals, (g, m, v))
+        mine = [convert(a) for a in (x, g, indices, m, v)]
+        with np.errstate(all="ignore"):
+            choice.sparse(backend, *mine, s)
+        results.append([backend.to_numpy(mine[p]) for p in (0, 3, 4)])
+    untouched = np.setdiff1d(np.arange(rows), indices)
+    assert_bitwise_equal_nan_aware(results[0][0][untouched], case["x"][untouched], "rows left")
+    for name, a, b in zip("xmv", *results, strict=True):
+        what = f"{kernel.name}: sparse {name}"
+        assert not _has_subnormals(a[indices] if name == "x" else a), f"{what} has subnormals"
+        assert_bitwise_equal_nan_aware(a, b, f"{what}, subnormal inputs against zeros")
 
 
 # --- the registry ---------------------------------------------------------------------------------

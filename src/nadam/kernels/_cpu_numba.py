@@ -7,16 +7,32 @@ one call, and the sparse kernels take flat arrays of one variable. Each step com
 form and a `*_chunks` form that several threads run together (`kernels._chunk_pool`); every
 function releases the GIL.
 
-Bit-identity with `kernels.reference` rests on three things: every element-wise operation is
+Bit-identity with `kernels.reference` rests on four things: every element-wise operation is
 written in the reference's order and in the arrays' dtype (the per-step scalars arrive in an
 array of that dtype), numba's default strict floating point (no fastmath, so LLVM never
-contracts a multiply and an add into an FMA nor turns a division into a reciprocal), and
+contracts a multiply and an add into an FMA nor turns a division into a reciprocal),
 `error_model="numpy"` (IEEE results for division by zero, as NumPy, instead of exceptions,
-which also lets the loops vectorize).
+which also lets the loops vectorize), and the processor's flush-to-zero mode.
+
+TensorFlow runs its CPU kernels with the x86 MXCSR bits FTZ (a subnormal result becomes a zero
+of its sign) and DAZ (a subnormal input reads as one) set; `kernels.reference` says where that
+changes Nadam's results and models it op by op. These loops get it from the same hardware: each
+entry point sets FTZ and DAZ in the thread that runs it and gives the caller back its own two
+bits before returning, so every multiply, divide, add and square root in between flushes
+exactly as TensorFlow's does, at no cost (a flush in software, a compare and a select per op,
+halved the step's speed: the loops would no longer keep up with memory). Flushing in hardware
+also decides underflow as x86 does: after rounding to the format's precision as if the exponent
+were unbounded, so a product or quotient just below the smallest normal number that rounds up
+to it survives and one that does not becomes 0, where IEEE rounding (with subnormals) gives the
+smallest normal number in both cases. Memory barriers beside the mode switches keep LLVM, which
+compiles for the default floating-point environment, from moving the loops' loads and stores
+(hence their arithmetic) across them. The MXCSR is x86's: on other processors this module does
+not load, and `kernels.cpu` leaves every step to the reference kernel.
 """
 
 from __future__ import annotations
 
+import platform
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +41,14 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import carray, types
+from numba.core import cgutils
 from numba.extending import intrinsic
+
+if platform.machine().lower() not in ("x86_64", "amd64"):
+    raise ImportError(
+        "the fused CPU kernel flushes subnormal numbers as TensorFlow does with x86's MXCSR "
+        f"flush-to-zero mode, which this {platform.machine()} processor does not have"
+    )
 
 CHUNK = 1 << 16
 """Elements per work item shared between threads: big enough that claiming one costs nothing,
@@ -79,6 +102,62 @@ def _pointer(typingctx: Any, address: Any, like: Any) -> Any:
     return pointer_type(types.int64, like), codegen
 
 
+# --- TensorFlow's floating-point mode: flush-to-zero and denormals-are-zero -----------------------
+_FTZ_DAZ = 0x8040  # MXCSR bit 15 (flush to zero) and bit 6 (denormals are zero)
+
+
+def _mxcsr_slot(builder: Any) -> tuple[Any, Any, Any]:
+    """A stack slot for the MXCSR, a pointer to it, and LLVM's x86 load-MXCSR intrinsic; the
+    register is read into the slot on the way."""
+    pointer_type = ir.IntType(8).as_pointer()
+    access = ir.FunctionType(ir.VoidType(), [pointer_type])
+    store_mxcsr = cgutils.get_or_insert_function(builder.module, access, "llvm.x86.sse.stmxcsr")
+    load_mxcsr = cgutils.get_or_insert_function(builder.module, access, "llvm.x86.sse.ldmxcsr")
+    slot = cgutils.alloca_once(builder, ir.IntType(32))
+    pointer = builder.bitcast(slot, pointer_type)
+    builder.call(store_mxcsr, [pointer])
+    return slot, pointer, load_mxcsr
+
+
+def _memory_barrier(builder: Any) -> None:
+    """No load or store moves across this point (an empty asm statement that clobbers memory)."""
+    builder.asm(ir.FunctionType(ir.VoidType(), []), "", "~{memory}", [], side_effect=True)
+
+
+@intrinsic
+def _flush_subnormals(typingctx: Any) -> Any:
+    """Set FTZ and DAZ in this thread's MXCSR; returns the MXCSR as it was, for
+    `_restore_subnormals`. Every array access after it runs in TensorFlow's mode."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        slot, pointer, load_mxcsr = _mxcsr_slot(builder)
+        before = builder.load(slot)
+        builder.store(builder.or_(before, ir.Constant(ir.IntType(32), _FTZ_DAZ)), slot)
+        builder.call(load_mxcsr, [pointer])
+        _memory_barrier(builder)
+        return before
+
+    return types.uint32(), codegen
+
+
+@intrinsic
+def _restore_subnormals(typingctx: Any, before: Any) -> Any:
+    """Give FTZ and DAZ back the values they had in `before` (`_flush_subnormals`' result),
+    after every array access before it; the status flags keep what the kernel raised."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        _memory_barrier(builder)
+        slot, pointer, load_mxcsr = _mxcsr_slot(builder)
+        mode = ir.Constant(ir.IntType(32), _FTZ_DAZ)
+        now = builder.load(slot)
+        restored = builder.or_(builder.and_(now, builder.not_(mode)), builder.and_(args[0], mode))
+        builder.store(restored, slot)
+        builder.call(load_mxcsr, [pointer])
+        return context.get_dummy_value()
+
+    return types.void(types.uint32), codegen
+
+
 @_jit(**_KERNEL_OPTIONS)
 def _divides(a: Any, b: Any) -> bool:
     """Whether dividing by `a` and by `b` can change a value: not when both are exactly 1.
@@ -88,7 +167,9 @@ def _divides(a: Any, b: Any) -> bool:
     momentum cache underflows to 0 (float32: from step ~111 at the default betas; float64:
     ~976), and 1 - beta_2 ** t does too (float32: step ~17000; float64: ~37000). Dividing by
     exactly 1 returns its argument (IEEE 754), so skipping it keeps every bit; LLVM moves the
-    test out of the loop and vectorizes each variant.
+    test out of the loop and vectorizes each variant. (In TensorFlow's mode the division would
+    also flush a subnormal gradient to 0; skipped, the gradient goes on unflushed, but only into
+    a multiplication, which reads it as 0 all the same.)
     """
     return a != 1 or b != 1
 
@@ -147,7 +228,8 @@ def _dense_range(table: Any, offsets: Any, lo: int, hi: int, s: Any) -> None:
 # run on any number of threads at once: each thread claims the next chunk with an atomic
 # increment until none is left. Unlike a fork-join parallel loop, the caller never waits for a
 # thread that has not started: on a busy machine a helper that wakes late finds nothing left,
-# and the step costs at most what one thread takes (see `kernels.cpu`).
+# and the step costs at most what one thread takes (see `kernels.cpu`). Every entry point runs
+# its loops in TensorFlow's floating-point mode (`_flush_subnormals`), whichever thread runs it.
 
 
 @intrinsic
@@ -191,19 +273,23 @@ def dense_chunks(table: Any, offsets: Any, s: Any, counters: Any) -> None:
     total = offsets[offsets.shape[0] - 1]
     chunks = chunk_count(total, CHUNK)
     claimed, finished = counters.ctypes.data, counters.ctypes.data + 8
+    mode = _flush_subnormals()
     while True:
         chunk = _fetch_add(claimed, 1)
         if chunk >= chunks:
-            return
+            break
         lo = chunk * CHUNK
         _dense_range(table, offsets, lo, min(total, lo + CHUNK), s)
         _fetch_add(finished, 1)
+    _restore_subnormals(mode)
 
 
 @_jit(**_KERNEL_OPTIONS)
 def dense_serial(table: Any, offsets: Any, s: Any) -> None:
     """`dense_chunks` on the calling thread alone: small groups do not wake other threads."""
+    mode = _flush_subnormals()
     _dense_range(table, offsets, 0, offsets[offsets.shape[0] - 1], s)
+    _restore_subnormals(mode)
 
 
 @_jit(**_KERNEL_OPTIONS)
@@ -261,15 +347,17 @@ def decay_chunks(m: Any, v: Any, s: Any, counters: Any) -> None:
     total = m.shape[0]
     chunks = chunk_count(total, CHUNK)
     claimed, finished = counters.ctypes.data, counters.ctypes.data + 8
+    mode = _flush_subnormals()
     while True:
         chunk = _fetch_add(claimed, 1)
         if chunk >= chunks:
-            return
+            break
         lo = chunk * CHUNK
         hi = min(total, lo + CHUNK)
         _decay(m[lo:hi], s[BETA_1])
         _decay(v[lo:hi], s[BETA_2])
         _fetch_add(finished, 1)
+    _restore_subnormals(mode)
 
 
 @_jit(**_KERNEL_OPTIONS)
@@ -283,21 +371,25 @@ def sparse_rows_chunks(x: Any, g: Any, indices: Any, m: Any, v: Any, width: int,
     rows = indices.shape[0]
     chunks = chunk_count(rows, rows_per_chunk(width))
     claimed, finished = counters.ctypes.data, counters.ctypes.data + 8
+    mode = _flush_subnormals()
     while True:
         chunk = _fetch_add(claimed, 1)
         if chunk >= chunks:
-            return
+            break
         lo = chunk * rows_per_chunk(width)
         _sparse_rows(x, g, indices, m, v, width, lo, min(rows, lo + rows_per_chunk(width)), s)
         _fetch_add(finished, 1)
+    _restore_subnormals(mode)
 
 
 @_jit(**_KERNEL_OPTIONS)
 def sparse_serial(x: Any, g: Any, indices: Any, m: Any, v: Any, width: int, s: Any) -> None:
     """Both phases of the sparse step on the calling thread alone."""
+    mode = _flush_subnormals()
     _decay(m, s[BETA_1])
     _decay(v, s[BETA_2])
     _sparse_rows(x, g, indices, m, v, width, 0, indices.shape[0], s)
+    _restore_subnormals(mode)
 
 
 def signatures(dtype: np.dtype) -> dict[Any, list[Any]]:

@@ -1,8 +1,29 @@
 """The Nadam update in plain array code: the ground truth every fast path is tested against.
 
-The element-wise operations are written in exactly Keras 2's order (SPEC section 2), which is
-what makes the result bit-identical to Keras in float32 and float64. They use only operators
-and a `sqrt`, so they run unchanged on NumPy arrays and PyTorch tensors.
+The element-wise operations are written in exactly Keras 2's order (SPEC section 2), one
+TensorFlow op per call of `mul`, `div`, `add` or `sub`, which is what makes the result
+bit-identical to Keras in float32 and float64. They use only operators, `abs`, `.clip` and a
+`sqrt`, so they run unchanged on NumPy arrays and PyTorch tensors (on any device: nothing here
+waits for a GPU).
+
+TensorFlow runs its CPU kernels with the x86 flush-to-zero (FTZ) and denormals-are-zero (DAZ)
+modes on (SPEC section 2, "Traps"), in float32 and float64; float16 keeps its subnormals (its
+arithmetic converts to float32 and back, where nothing underflows). Measured against TensorFlow
+op by op and against tf_keras's legacy Nadam:
+
+- every arithmetic op reads a subnormal input as a zero of its sign (DAZ). Here what the step
+  reads from outside (x, g, m, v and the step's scalars) is flushed once on entry (`flush`);
+  everything else an op reads is the result of an earlier op, flushed already;
+- every arithmetic op returns a zero of the sign of its result where that result underflows
+  (FTZ): `mul`, `div`, `add`, `sub` here. x86 decides underflow after rounding to the format's
+  precision as if the exponent range had no bottom, not from the IEEE result: a product or
+  quotient just below the smallest normal number that IEEE rounding (with subnormals) rounds up
+  to it is flushed when its unbounded rounding stays below it (`mul`, `div`). Sums and
+  differences near the smallest normal number are exact, so theirs is the plain test (`add`);
+- `sqrt` needs no flush: its flushed input is 0 or normal, so its root is 0, NaN or normal;
+- copies keep the bits (`gather`, `identity`, negation), and an op that does not read an
+  element does not flush it: in the sparse step the rows of x that are not indexed keep their
+  bits, subnormal or not (TensorFlow's `scatter_add` touches the indexed rows only).
 """
 
 from __future__ import annotations
@@ -11,6 +32,118 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from nadam.kernels import NadamScalars
+
+# The smallest normal number 2**-E of each dtype whose subnormals TensorFlow flushes, by dtype
+# name (NumPy's and torch's dtypes alike, without importing torch), and 2**(E-2), the scale that
+# takes a result at the underflow threshold to 0.25 (`mul`, `div`). float16 keeps its subnormals.
+_SMALLEST_NORMAL = {"float32": 2.0**-126, "float64": 2.0**-1022}
+_UNDERFLOW_SCALE = {"float32": 2.0**124, "float64": 2.0**1020}
+_smallest_normal_of: dict[Any, float | None] = {}
+_underflow_scale_of: dict[Any, float | None] = {}
+
+
+def smallest_normal(dtype: Any) -> float | None:
+    """The smallest normal number of a NumPy or torch `dtype` that TensorFlow flushes below;
+    None for a dtype whose subnormals it keeps (float16).
+
+    Example:
+        >>> import numpy as np
+        >>> smallest_normal(np.dtype("float32")) == float(np.finfo(np.float32).tiny)
+        True
+        >>> smallest_normal(np.dtype("float16")) is None
+        True
+    """
+    try:
+        return _smallest_normal_of[dtype]
+    except KeyError:
+        name = getattr(dtype, "name", None) or str(dtype).removeprefix("torch.")
+        tiny = _SMALLEST_NORMAL.get(name)
+        _smallest_normal_of[dtype] = tiny
+        return tiny
+
+
+def _underflow_scale(dtype: Any) -> float | None:
+    try:
+        return _underflow_scale_of[dtype]
+    except KeyError:
+        name = getattr(dtype, "name", None) or str(dtype).removeprefix("torch.")
+        scale = _UNDERFLOW_SCALE.get(name)
+        _underflow_scale_of[dtype] = scale
+        return scale
+
+
+def flush(a: Any) -> Any:
+    """`a` with every subnormal element replaced by a zero of its sign (TensorFlow's FTZ/DAZ).
+
+    Normal numbers, zeros, infinities and NaN are unchanged. Multiplying by the comparison
+    keeps the sign (`-1e-40 * 0` is `-0.0`) and NaN (`abs(nan) >= tiny` is false, `nan * 0`
+    is NaN), with operators only, so it runs on NumPy arrays and scalars and torch tensors.
+
+    Example:
+        >>> import numpy as np
+        >>> flush(np.array([1e-39, -1e-39, 1.0, np.nan], np.float32))
+        array([ 0., -0.,  1., nan], dtype=float32)
+    """
+    tiny = smallest_normal(a.dtype)
+    if tiny is None:
+        return a
+    return a * (abs(a) >= tiny)
+
+
+# TensorFlow's element-wise ops on flushed operands (0 or normal), as x86 computes them in its
+# FTZ mode. `a.clip` is NumPy's and torch's alike.
+def mul(a: Any, b: Any) -> Any:
+    """`a * b`, or a zero of its sign where x86 underflows (also TensorFlow's `Square`).
+
+    The product underflows when, rounded to the dtype's precision with an unbounded exponent,
+    it is below 2**-E. Scaled by 2**(E-2) the product is a normal number, whose IEEE rounding
+    is that rounding, so the test is `|a| * 2**(E-2) * |b| >= 0.25`. Clamping both magnitudes
+    to 2 keeps that finite and changes no answer: the product of a normal number and one
+    above 2 is above 2 * 2**-E, and the clamped test keeps it too.
+
+    Example:
+        >>> import numpy as np
+        >>> a = np.array([0.81848085, 0.6184053], np.float32)
+        >>> b = np.array([1.4361904e-38, 1.9008478e-38], np.float32)
+        >>> a * b  # IEEE: both round up to the smallest normal number
+        array([1.1754944e-38, 1.1754944e-38], dtype=float32)
+        >>> mul(a, b)  # x86 (and TensorFlow): the second one underflows
+        array([1.1754944e-38, 0.0000000e+00], dtype=float32)
+    """
+    product = a * b
+    scale = _underflow_scale(product.dtype)
+    if scale is None:
+        return product
+    return product * ((abs(a).clip(max=2.0) * scale) * abs(b).clip(max=2.0) >= 0.25)
+
+
+def div(a: Any, b: Any) -> Any:
+    """`a / b`, or a zero of its sign where x86 underflows: as `mul`, with the test
+    `|a| * 2**(E-2) / |b| >= 0.25`. Clamping |a| to at most 4 and |b| to at least 0.5 keeps
+    that finite (and free of division by zero) and changes no answer: a normal number over
+    one below 0.5 is above 2 * 2**-E, one above 4 over any finite number above 2**-E, and
+    the clamped test keeps both (a zero over zero is NaN either way)."""
+    quotient = a / b
+    scale = _underflow_scale(quotient.dtype)
+    if scale is None:
+        return quotient
+    return quotient * ((abs(a).clip(max=4.0) * scale) / abs(b).clip(min=0.5) >= 0.25)
+
+
+def add(a: Any, b: Any) -> Any:
+    """`a + b`, flushed. A sum below 2**-E in magnitude is exact (all numbers of the dtype are
+    multiples of its smallest subnormal), so no rounding decides here."""
+    return flush(a + b)
+
+
+def sub(a: Any, b: Any) -> Any:
+    """`a - b`, flushed, as `add`."""
+    return flush(a - b)
+
+
+def flush_scalars(s: NadamScalars) -> NadamScalars:
+    """The step's scalars as TensorFlow's ops read them (a subnormal one acts as zero)."""
+    return NadamScalars(*map(flush, s))
 
 
 def dense_step(
@@ -26,13 +159,15 @@ def dense_step(
         >>> dense_step(one, one, 0 * one, 0 * one, s, np.sqrt)[0]
         array([0.99894357, 0.99894357], dtype=float32)
     """
-    g_prime = g / s.one_minus_prod
-    m = s.beta_1 * m + s.one_minus_beta_1 * g
-    m_prime = m / s.one_minus_prod1
-    v = s.beta_2 * v + s.one_minus_beta_2 * (g * g)
-    v_prime = v / s.v_correction
-    m_bar = s.one_minus_mu_t * g_prime + s.mu_t1 * m_prime
-    x = x - s.lr * m_bar / (sqrt(v_prime) + s.epsilon)
+    s = flush_scalars(s)
+    x, g, m, v = flush(x), flush(g), flush(m), flush(v)
+    g_prime = div(g, s.one_minus_prod)
+    m = add(mul(s.beta_1, m), mul(s.one_minus_beta_1, g))
+    m_prime = div(m, s.one_minus_prod1)
+    v = add(mul(s.beta_2, v), mul(s.one_minus_beta_2, mul(g, g)))
+    v_prime = div(v, s.v_correction)
+    m_bar = add(mul(s.one_minus_mu_t, g_prime), mul(s.mu_t1, m_prime))
+    x = sub(x, div(mul(s.lr, m_bar), add(sqrt(v_prime), s.epsilon)))
     return x, m, v
 
 
@@ -44,16 +179,20 @@ def sparse_step(
 
     Returns (new x rows, decayed m, new m rows, decayed v, new v rows): m and v decay over
     the whole slot, only the indexed rows receive the gradient and only those rows of x move.
+    The ops are those of Keras's `_resource_apply_sparse`: m and v scaled in place, the scaled
+    gradient rows added in with `scatter_add`, and the update added to the rows of x with it.
     """
-    g_prime = g_rows / s.one_minus_prod
-    m_decayed = m * s.beta_1
-    m_rows = m_decayed[indices] + g_rows * s.one_minus_beta_1
-    m_prime = m_rows / s.one_minus_prod1
-    m_bar = s.one_minus_mu_t * g_prime + s.mu_t1 * m_prime
-    v_decayed = v * s.beta_2
-    v_rows = v_decayed[indices] + (g_rows * g_rows) * s.one_minus_beta_2
-    v_prime = v_rows / s.v_correction
-    x_rows = x_rows + -s.lr * m_bar / (sqrt(v_prime) + s.epsilon)
+    s = flush_scalars(s)
+    x_rows, g, m, v = flush(x_rows), flush(g_rows), flush(m), flush(v)
+    g_prime = div(g, s.one_minus_prod)
+    m_decayed = mul(m, s.beta_1)
+    m_rows = add(m_decayed[indices], mul(g, s.one_minus_beta_1))
+    m_prime = div(m_rows, s.one_minus_prod1)
+    m_bar = add(mul(s.one_minus_mu_t, g_prime), mul(s.mu_t1, m_prime))
+    v_decayed = mul(v, s.beta_2)
+    v_rows = add(v_decayed[indices], mul(mul(g, g), s.one_minus_beta_2))
+    v_prime = div(v_rows, s.v_correction)
+    x_rows = add(x_rows, div(mul(-s.lr, m_bar), add(sqrt(v_prime), s.epsilon)))
     return x_rows, m_decayed, m_rows, v_decayed, v_rows
 
 
