@@ -125,10 +125,10 @@ class Nadam(Optimizer):
             hypers["decay"], self._schedule_decay,
         )
 
-    def _check_step(self, updates: list[engine.Update], hypers: dict[str, np.ndarray]) -> None:
-        engine.check_hypers_fit(
-            (self._step_hypers(hypers),), [(0, update.dtype) for update in updates]
-        )
+    def _check_step(
+        self, places: list[tuple[str, np.dtype]], hypers: dict[str, np.ndarray]
+    ) -> None:
+        engine.check_hypers_fit((self._step_hypers(hypers),), [(0, dtype) for _, dtype in places])
 
     def _prepare_local(self, var_device: str, var_dtype: np.dtype, apply_state: dict) -> None:
         scalars = apply_state[STEP_CONTEXT].scalars[(0, var_dtype)]

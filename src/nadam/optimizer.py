@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -97,6 +99,8 @@ class Optimizer:
         self._lock = threading.RLock()
         self._own_state: memory.SpanIndex | None = None  # spans of `_weights`, made lazily
         self._memo = engine.VariableMemo()
+        # (the last step's Updates, their distinct (device, dtype) places, all on NumPy?)
+        self._step_layout: tuple[list[engine.Update], list[Any], bool] | None = None
         self._clipping = engine.Clipping(
             checks.clip_threshold(kwargs.get("clipvalue"), "clipvalue"),
             checks.clip_threshold(kwargs.get("clipnorm"), "clipnorm"),
@@ -110,6 +114,7 @@ class Optimizer:
         del state["_lock"]
         state["_own_state"] = None
         state["_memo"] = engine.VariableMemo()  # ids and addresses mean nothing in a copy
+        state["_step_layout"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -540,9 +545,11 @@ class Optimizer:
             else:
                 self._dense_hook(update, apply_state)
 
-    def _check_step(self, updates: list[engine.Update], hypers: dict[str, np.ndarray]) -> None:
-        """Checks of a step that need its hyperparameters and variables together (subclasses);
-        they run before anything changes."""
+    def _check_step(
+        self, places: list[tuple[str, np.dtype]], hypers: dict[str, np.ndarray]
+    ) -> None:
+        """Checks of a step that need its hyperparameters and the variables' (device, dtype)
+        places together (subclasses); they run before anything changes."""
 
     def _commit(self, apply_state: dict) -> None:
         """Write what the step computed beside the variables (subclasses: Nadam's cache)."""
@@ -565,24 +572,24 @@ class Optimizer:
         items = self._pair_list(grads_and_vars)
         with engine.exclusive_step(self._lock):
             iterations = int(self._iterations.value)
-            updates = self._checked_updates(items)
+            step = self._checked_updates(items)
+            updates = step.updates
             hypers = self._hyper.resolve_all(iterations)
-            self._check_step(updates, hypers)
-            constrained = _constrained(updates)
-            if experimental_aggregate_gradients:
+            self._check_step(step.places, hypers)
+            if experimental_aggregate_gradients and (
+                not step.numpy_only or _overrides_aggregation(self)
+            ):
                 self._aggregate(updates)
             if self._clipping != engine.NO_CLIPPING:
                 engine.clip(updates, (self._clipping,))
             # The commit: nothing below can fail on user input.
-            if not self._weights or any(update.m is None for update in updates):
+            if step.needs_state or not self._weights:
                 self._create_all_weights([update.var for update in updates])
-            apply_state = self._prepare(
-                [(update.device, update.dtype) for update in updates], hypers, iterations
-            )
-            if constrained:
+            apply_state = self._prepare(step.places, hypers, iterations)
+            if step.constrained:
                 saved = _snapshot(updates)
                 self._apply_updates(updates, apply_state)
-                _apply_constraints(constrained, saved)
+                _apply_constraints(step.constrained, saved)
             else:
                 self._apply_updates(updates, apply_state)
             self._commit(apply_state)
@@ -635,7 +642,7 @@ class Optimizer:
             raise ValueError("apply_gradients received an empty list of (gradient, variable)")
         return items
 
-    def _checked_updates(self, items: list[Any]) -> list[engine.Update]:
+    def _checked_updates(self, items: list[Any]) -> _CheckedStep:
         """Every pair checked (variable, gradient, slots, memory) before anything changes.
 
         A variable unchanged since the previous step (same object, same memory, same shape,
@@ -647,6 +654,8 @@ class Optimizer:
         with_gradients: list[engine.KnownVariable] = []
         updates: list[engine.Update] = []
         missing: list[str] = []
+        constrained: list[tuple[engine.Update, Any]] = []
+        needs_state = False
         for position, item in enumerate(items):
             if (type(item) is not tuple or len(item) != 2) and (
                 not isinstance(item, tuple | list) or len(item) != 2
@@ -673,9 +682,18 @@ class Optimizer:
                     update.v = slots.get("v")
                     engine.check_slots_fit(update, lambda b=backend, v=var: b.describe(v))
                     known.m = update.m  # they fit while `var` is unchanged
+                else:
+                    needs_state = True
+            # A constraint is read at every step (it may be set or removed between steps).
+            constraint = var.constraint if type(var) is Variable else (
+                None if type(var) is np.ndarray else getattr(var, "constraint", None)
+            )
+            if constraint is not None:
+                constrained.append(_checked_constraint(update, constraint))
             updates.append(update)
             with_gradients.append(known)
-        if not memo.same_variables(known_variables):
+        same = memo.same_variables(known_variables)
+        if not same:
             seen: dict[Any, int] = {}
             for position, known in enumerate(known_variables):
                 self._check_distinct(known.backend, known.var, known.key, position, seen)
@@ -687,6 +705,15 @@ class Optimizer:
         )
         engine.copy_aliased_gradients(updates, index)
         memo.remember(known_variables)
+        cached = self._step_layout
+        if cached is not None and len(cached[0]) == len(updates) and all(
+            map(operator.is_, updates, cached[0])
+        ):
+            places, numpy_only = cached[1], cached[2]
+        else:  # an Update keeps its variable's device and dtype: recomputed on a new layout
+            places = list(dict.fromkeys((update.device, update.dtype) for update in updates))
+            numpy_only = all(update.backend is NUMPY_BACKEND for update in updates)
+            self._step_layout = (list(updates), places, numpy_only)
         if missing:
             warnings.warn(
                 f"Gradients do not exist for variables [{', '.join(missing)}] when minimizing "
@@ -694,14 +721,12 @@ class Optimizer:
                 UserWarning,
                 stacklevel=3,
             )
-        return updates
+        return _CheckedStep(updates, places, numpy_only, constrained, needs_state)
 
     def _aggregate(self, updates: list[engine.Update]) -> None:
         """Sum gradients across data-parallel replicas, one collective call per backend."""
-        if type(self)._aggregate_gradients is Optimizer._aggregate_gradients:
-            if all(update.backend is NUMPY_BACKEND for update in updates):
-                return  # NumPy arrays live in one process: nothing to sum
-            _all_reduce(updates)
+        if not _overrides_aggregation(self):
+            _all_reduce(updates)  # NumPy arrays live in one process: nothing to sum for them
             return
         # A subclass's TF 2.3 hook sees the gradients as given and returns them; what it
         # returns is checked like any gradient, before anything changes.
@@ -891,27 +916,30 @@ def _as_given(update: engine.Update) -> Any:
     return grad.array
 
 
-def _constrained(updates: Sequence[engine.Update]) -> list[tuple[engine.Update, Any]]:
-    """The updates whose variable has a `constraint` (read at every step: it may change).
+@dataclass(slots=True)
+class _CheckedStep:
+    """A step's checked updates and what the commit needs to know about them."""
 
-    A constraint with a sparse gradient is a RuntimeError, as in TF 2.3 and tf_keras (the
-    constraint would re-assign the whole variable), raised before anything changes.
-    """
-    found = []
-    for update in updates:
-        var = update.var
-        constraint = var.constraint if type(var) is Variable else (
-            None if type(var) is np.ndarray else getattr(var, "constraint", None)
+    updates: list[engine.Update]
+    places: list[tuple[str, np.dtype]]  # distinct (device, dtype), in order of appearance
+    numpy_only: bool
+    constrained: list[tuple[engine.Update, Any]]
+    needs_state: bool  # some variable has no slots yet
+
+
+def _overrides_aggregation(optimizer: Optimizer) -> bool:
+    return type(optimizer)._aggregate_gradients is not Optimizer._aggregate_gradients
+
+
+def _checked_constraint(update: engine.Update, constraint: Any) -> tuple[engine.Update, Any]:
+    """A constraint with a sparse gradient is a RuntimeError, as in TF 2.3 and tf_keras (the
+    constraint would re-assign the whole variable), raised before anything changes."""
+    if isinstance(update.grad, SparseGrad):
+        raise RuntimeError(
+            "Cannot use a constraint function on a sparse variable: variable "
+            f"{update.backend.describe(update.var)} has a constraint and a sparse gradient"
         )
-        if constraint is None:
-            continue
-        if isinstance(update.grad, SparseGrad):
-            raise RuntimeError(
-                "Cannot use a constraint function on a sparse variable: variable "
-                f"{update.backend.describe(var)} has a constraint and a sparse gradient"
-            )
-        found.append((update, constraint))
-    return found
+    return update, constraint
 
 
 def _snapshot(updates: Sequence[engine.Update]) -> list[tuple[Backend, Any, np.ndarray]]:
