@@ -7,6 +7,7 @@ variables, the slots, `iterations` and `momentum_cache` are exactly as before.
 from __future__ import annotations
 
 import copy
+import gc
 import pickle
 
 import numpy as np
@@ -233,7 +234,8 @@ def test_an_unpickled_optimizer_gives_a_new_object_new_slots():
     w = Variable(np.ones(3, np.float32), name="w")
     opt = _stepped(w)
     restored = pickle.loads(pickle.dumps(opt))
-    del w
+    del opt, w  # the original variable's id() is free for reuse by the objects made next
+    gc.collect()
     fresh = [Variable(np.ones(3, np.float32), name=f"new{i}") for i in range(50)]
     restored.apply_gradients([(_g(3), v) for v in fresh])
     # Every new variable got zero slots of its own: all moved alike, and two slots each.
