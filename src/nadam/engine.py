@@ -313,12 +313,9 @@ class VariableMemo:
 
         Valid while every member's variable keeps its memory (its `Update` belongs to one
         `KnownVariable`, which lives only while the variable's signature holds) and its slots
-        are the same objects.
+        are the same objects (a face that finds new slots calls `slots_changed`).
         """
-        key = (
-            choice.name, choice.dense, *map(id, members), *(id(u.m) for u in members),
-            *(id(u.v) for u in members),
-        )
+        key = (choice.name, choice.dense, *map(id, members))
         entry = self._prepared.get(key) or self._prepared_now.get(key)
         if entry is None:
             first = members[0]
@@ -328,6 +325,10 @@ class VariableMemo:
             ))  # the members are kept alive with it, so their ids stay theirs
         self._prepared_now[key] = entry
         return entry[1]
+
+    def slots_changed(self) -> None:
+        """Some variable's slots are new objects (a loaded state): rebind every kernel."""
+        self._prepared, self._prepared_now = {}, {}
 
     def finish_step(self) -> None:
         """Keep the kernels this step used, and only those."""

@@ -83,3 +83,34 @@ def test_a_parameter_whose_data_moved_is_stepped_in_its_new_memory():
     opt.step()
     assert torch.equal(old, old_copy)
     assert not torch.equal(p.detach(), torch.ones(64))
+
+
+def test_slots_replaced_by_a_load_are_the_ones_the_next_step_writes():
+    torch = pytest.importorskip("torch")
+    from nadam.torch import Nadam
+
+    def run(load_from=None):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 32))
+        opt = Nadam([p], lr=0.05)
+        p.grad = torch.full((32,), 0.25)
+        opt.step()
+        opt.step()  # the kernel is bound to this optimizer's slots by now
+        if load_from is not None:
+            with torch.no_grad():
+                p.copy_(load_from[0])
+            opt.load_state_dict(load_from[1])
+            p.grad = torch.full((32,), -0.5)
+        opt.step()
+        return p.detach().clone(), opt.state_dict(), opt
+
+    other_p = torch.nn.Parameter(torch.linspace(2, 3, 32))
+    other = Nadam([other_p], lr=0.05)
+    other_p.grad = torch.full((32,), -0.5)
+    for _ in range(5):
+        other.step()
+    saved = (other_p.detach().clone(), other.state_dict())
+    loaded_p, _, loaded_opt = run(load_from=saved)
+    other.step()  # the source continues by one step too
+    assert torch.equal(loaded_p, other_p.detach())
+    for ours, theirs in zip(loaded_opt.get_weights(), other.get_weights(), strict=True):
+        assert np.array_equal(ours, theirs)

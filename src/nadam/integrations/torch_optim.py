@@ -303,6 +303,7 @@ class Nadam(torch.optim.Optimizer):
                         _checked(where, engine.check_slots_fit, update,
                                  partial(TORCH_BACKEND.describe, param))
                         known.m = update.m
+                        memo.slots_changed()
                 else:
                     update.m = update.v = None
                 updates.append(update)
