@@ -341,22 +341,21 @@ class Nadam(torch.optim.Optimizer):
         hypers, clip_settings = zip(*(hyper.for_engine() for hyper in settings), strict=True)
         return hypers, clip_settings
 
+    def _made_on_first_use(self, name: str, make: Callable[[], Any]) -> Any:
+        # torch.optim's own pickling and `load_state_dict` rebuild the object's __dict__ from
+        # defaults, state and param_groups only, so our per-process helpers are made lazily.
+        value = self.__dict__.get(name)
+        if value is None:
+            value = self.__dict__.setdefault(name, make())
+        return value
+
     @property
     def _memo(self) -> engine.VariableMemo:
-        # Made on first use, like the lock (see `_step_lock`); never pickled.
-        memo = self.__dict__.get("_nadam_memo")
-        if memo is None:
-            memo = self.__dict__.setdefault("_nadam_memo", engine.VariableMemo())
-        return memo
+        return self._made_on_first_use("_nadam_memo", engine.VariableMemo)
 
     @property
     def _step_lock(self) -> threading.RLock:
-        # Made on first use: torch.optim's own pickling and `load_state_dict` rebuild the
-        # object's __dict__ from defaults, state and param_groups only.
-        lock = self.__dict__.get("_nadam_step_lock")
-        if lock is None:
-            lock = self.__dict__.setdefault("_nadam_step_lock", threading.RLock())
-        return lock
+        return self._made_on_first_use("_nadam_step_lock", threading.RLock)
 
     # Opaque to torch.compile: the step lends NumPy views of tensors to a numba kernel, which
     # dynamo cannot trace; compiled code around `step()` calls it eagerly.
