@@ -28,6 +28,8 @@ def keras_cast(value: Any, dtype: np.dtype) -> np.generic:
     """Cast a hyperparameter as Keras does: a Python number goes through float32 first."""
     if not isinstance(value, np.generic) and isinstance(value, numbers.Real):
         value = np.float32(value)
+    if isinstance(value, np.floating):
+        return tf_math.cast(value, dtype)  # TensorFlow's Cast: a subnormal float32 reads as 0
     return dtype.type(value)
 
 
@@ -40,11 +42,18 @@ def decayed_learning_rate(
         >>> print(decayed_learning_rate(np.float32(0.1), np.float32(1.0), 1, np.dtype("f4")))
         0.05
     """
-    lr_t = dtype.type(learning_rate[()])
-    decay_t = dtype.type(decay[()])
+    lr_t = _cast(learning_rate[()], dtype)
+    decay_t = _cast(decay[()], dtype)
     if decay_t > 0:
-        lr_t = lr_t / (dtype.type(1) + decay_t * dtype.type(iterations))
+        # TensorFlow's scalar ops, each flushed as its CPU kernel flushes (tf_math).
+        steps = tf_math.mul(decay_t, dtype.type(iterations))
+        lr_t = tf_math.div(lr_t, tf_math.add(dtype.type(1), steps))
     return lr_t
+
+
+def _cast(value: Any, dtype: np.dtype) -> np.generic:
+    """A stored hyperparameter in `dtype` as TensorFlow's Cast makes it (tf_math.cast)."""
+    return tf_math.cast(value, dtype) if isinstance(value, np.floating) else dtype.type(value)
 
 
 _MU_CACHE: dict[tuple[Any, ...], np.generic] = {}
@@ -61,7 +70,10 @@ def momentum_schedule(beta_1: np.generic, schedule_decay: np.generic, t: np.gene
     mu = _MU_CACHE.get(key)
     if mu is None:
         d = beta_1.dtype.type
-        mu = beta_1 * (d(1) - d(0.5) * tf_math.pow(d(_DECAY_BASE), schedule_decay * t))
+        # Each scalar op flushed as TensorFlow's kernel flushes it (tf_math: subnormal
+        # operands read as 0; a product rounded up to the smallest normal can still be 0).
+        power = tf_math.pow(d(_DECAY_BASE), tf_math.mul(schedule_decay, t))
+        mu = tf_math.mul(beta_1, tf_math.sub(d(1), tf_math.mul(d(0.5), power)))
         if len(_MU_CACHE) >= 64:
             _MU_CACHE.clear()
         _MU_CACHE[key] = mu
@@ -94,20 +106,25 @@ def nadam_scalars(
     mu_t1 = momentum_schedule(beta_1_t, decay, next_step)
     # TensorFlow's CPU kernels flush subnormal results to 0: Keras's momentum cache becomes
     # exactly 0 once the product underflows (float32 with the defaults: from step 111 on;
-    # float64: step 976), where NumPy would keep a subnormal.
-    prod = tf_math.flush(tf_math.flush(d(momentum_cache)) * mu_t)
-    prod1 = tf_math.flush(prod * mu_t1)
+    # float64: step 976), where NumPy would keep a subnormal; and x86 decides that before
+    # rounding to the subnormal range, so a product that IEEE rounds up to the smallest
+    # normal number can be 0 too (`tf_math.mul`). Keras casts a cache of another dtype.
+    cache = momentum_cache if isinstance(momentum_cache, np.floating) else d(momentum_cache)
+    prod = tf_math.mul(tf_math.cast(cache, dtype), mu_t)
+    prod1 = tf_math.mul(prod, mu_t1)
+    # lr, beta_1, beta_2 and epsilon are read as they are (tf.identity, a constant); the
+    # kernels flush what they read.
     scalars = NadamScalars(
         lr=lr_t,
         beta_1=beta_1_t,
         beta_2=beta_2_t,
-        one_minus_beta_1=one - beta_1_t,
-        one_minus_beta_2=one - beta_2_t,
+        one_minus_beta_1=tf_math.sub(one, beta_1_t),
+        one_minus_beta_2=tf_math.sub(one, beta_2_t),
         epsilon=d(epsilon),
-        one_minus_mu_t=one - mu_t,
+        one_minus_mu_t=tf_math.sub(one, mu_t),
         mu_t1=mu_t1,
-        one_minus_prod=one - prod,
-        one_minus_prod1=one - prod1,
-        v_correction=one - tf_math.pow(beta_2_t, local_step),
+        one_minus_prod=tf_math.sub(one, prod),
+        one_minus_prod1=tf_math.sub(one, prod1),
+        v_correction=tf_math.sub(one, tf_math.pow(beta_2_t, local_step)),
     )
     return scalars, prod

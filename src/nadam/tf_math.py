@@ -71,11 +71,89 @@ _FLOAT32 = np.dtype(np.float32)
 
 def flush(x: np.generic) -> np.generic:
     """Subnormal to zero: TensorFlow runs its CPU kernels with flush-to-zero and
-    denormals-are-zero on, so Keras returns 0.0 where IEEE arithmetic gives a subnormal."""
+    denormals-are-zero on, so Keras returns 0.0 where IEEE arithmetic gives a subnormal.
+
+    This is the whole rule for what an op reads (DAZ) and for results that are exact, such as
+    sums; a rounded result at the smallest normal number needs the rounding window of `mul`.
+    """
     tiny = _TINY.get(x.dtype)
     if tiny is not None and 0 < abs(x) < tiny:
         return np.copysign(x.dtype.type(0), x)
     return x
+
+
+# TensorFlow's scalar arithmetic (0-d tensors, as Keras's per-step scalars are) under x86's
+# FTZ/DAZ, on NumPy scalars: the operands are flushed as read and the result as x86 rounds it
+# (`kernels.reference`, which models the same ops on arrays, says how). Plain IEEE operations
+# except where a result is at or below the smallest normal number, so they cost little.
+def mul(a: np.generic, b: np.generic) -> np.generic:
+    """`a * b` as TensorFlow's Mul: a product that IEEE rounds up to the smallest normal
+    number is 0 where its rounding with an unbounded exponent stays below it.
+
+    Example:
+        >>> import numpy as np
+        >>> print(np.float32(0.6184053) * np.float32(1.9008478e-38), mul(np.float32(0.6184053),
+        ...       np.float32(1.9008478e-38)))
+        1.1754944e-38 0.0
+    """
+    a, b = flush(a), flush(b)
+    product = a * b
+    tiny = _TINY.get(product.dtype)
+    if tiny is not None and 0 < abs(product) <= tiny:
+        from nadam.kernels import reference
+
+        return product.dtype.type(reference.mul(a, b))
+    return product
+
+
+def div(a: np.generic, b: np.generic) -> np.generic:
+    """`a / b` as TensorFlow's RealDiv, with `mul`'s rounding window."""
+    a, b = flush(a), flush(b)
+    quotient = a / b
+    tiny = _TINY.get(quotient.dtype)
+    if tiny is not None and 0 < abs(quotient) <= tiny:
+        from nadam.kernels import reference
+
+        return quotient.dtype.type(reference.div(a, b))
+    return quotient
+
+
+def add(a: np.generic, b: np.generic) -> np.generic:
+    """`a + b` as TensorFlow's AddV2 (a sum below the smallest normal number is exact)."""
+    return flush(flush(a) + flush(b))
+
+
+def sub(a: np.generic, b: np.generic) -> np.generic:
+    """`a - b` as TensorFlow's Sub."""
+    return flush(flush(a) - flush(b))
+
+
+_FLOAT64 = np.dtype(np.float64)
+
+
+def _flush_rounded_float32(result: np.generic, exact: float) -> np.generic:
+    """A float32 `result` of rounding the float64 `exact`, as x86 returns it under FTZ: 0
+    where it is subnormal, or where IEEE rounding took it up to the smallest normal number
+    but rounding to 24 bits with an unbounded exponent leaves it below (the same window as
+    `mul`'s): `|exact| * 2**124`, a normal float32 once rounded, is below 0.25 then."""
+    if abs(result) <= _TINY[_FLOAT32] and result != 0:
+        if abs(result) < _TINY[_FLOAT32] or np.float32(abs(exact) * 2.0**124) < 0.25:
+            return np.copysign(np.float32(0), result)
+    return result
+
+
+def cast(x: np.generic, dtype: np.dtype) -> np.generic:
+    """`tf.cast(x, dtype)` of a float scalar on TensorFlow's CPU: no op within a dtype; the
+    conversion reads a subnormal float32/float64 as 0 (DAZ), and float64 to float32 flushes
+    its result with `mul`'s rounding window. float16 results keep their subnormals."""
+    dtype = np.dtype(dtype)
+    if x.dtype == dtype:
+        return x
+    x = flush(x)
+    result = dtype.type(x)
+    if dtype == _FLOAT32 and x.dtype == _FLOAT64:
+        return _flush_rounded_float32(result, float(x))
+    return result
 
 
 def _transcendental(name: str, fallback: Callable[..., Any], *args: np.generic) -> np.generic:
@@ -94,6 +172,11 @@ def _transcendental(name: str, fallback: Callable[..., Any], *args: np.generic) 
     if dtype.itemsize <= 4 and _C_FLOAT_FUNCTIONS:
         result = np.float32(_C_FLOAT_FUNCTIONS[name](*map(float, args)))
         if dtype == _FLOAT32:  # three times in every float32 step: no cast needed
+            if abs(result) == _TINY[_FLOAT32]:
+                # The C function computes in double and rounds once to float, which x86
+                # flushes in `mul`'s window; the double function's result stands for the
+                # value it rounds (they differ far less than the window is wide).
+                return _flush_rounded_float32(result, _exact(name, args))
             return flush(result)
     else:
         floats = [float(arg) for arg in args]
@@ -101,7 +184,17 @@ def _transcendental(name: str, fallback: Callable[..., Any], *args: np.generic) 
             result = getattr(math, name)(*floats)
         except (ValueError, OverflowError):
             result = fallback(*(np.float64(x) for x in floats))
-    return flush(np.asarray(result).astype(dtype)[()])
+    converted = np.asarray(result).astype(dtype)[()]
+    if dtype == _FLOAT32:  # float32 without the C library: rounded from double, as above
+        return _flush_rounded_float32(converted, float(result))
+    return flush(converted)
+
+
+def _exact(name: str, args: tuple[np.generic, ...]) -> float:
+    try:
+        return float(getattr(math, name)(*map(float, args)))
+    except (ValueError, OverflowError):
+        return math.inf
 
 
 def pow(base: np.generic, exponent: np.generic) -> np.generic:
@@ -116,4 +209,4 @@ def cos(x: np.generic) -> np.generic:
     return _transcendental("cos", np.cos, x)
 
 
-__all__ = ["C_FLOAT_MATH", "cos", "flush", "log", "pow"]
+__all__ = ["C_FLOAT_MATH", "add", "cast", "cos", "div", "flush", "log", "mul", "pow", "sub"]

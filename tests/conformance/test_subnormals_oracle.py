@@ -312,14 +312,13 @@ def test_the_faithful_case_of_issue_9():
     assert np.all(keras.get_slot(theirs, "m").numpy() == 0)
 
 
-@pytest.mark.xfail(strict=True, reason="issue #9, outside the kernels: the backends' `dedupe` "
-                   "sums duplicate rows with IEEE adds; TensorFlow's unsorted_segment_sum reads "
-                   "subnormal values as 0 and flushes its partial sums")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
 def test_duplicate_subnormal_rows_sum_as_keras(dtype):
     # A normal and a subnormal value for the same row: IEEE addition sums them, TensorFlow's
-    # segment sum reads the subnormal one as 0. With x = 0, v = 0 and lr = 1 the difference
-    # reaches x: x = -lr * (1 - mu_1) * g / (1 - mu_1) / epsilon, about -2e7 * g.
+    # segment sum reads the subnormal one as 0, and so does the backends' `dedupe` (issue #9;
+    # tests/conformance/test_flush_outside_kernels_oracle.py has more). With x = 0, v = 0 and
+    # lr = 1 the difference reaches x: x = -lr * (1 - mu_1) * g / (1 - mu_1) / epsilon,
+    # about -2e7 * g.
     tiny = np.finfo(dtype).tiny
     x0 = np.zeros((2, 2), dtype)
     values = np.array([[2 * tiny, -2 * tiny], [0.75 * tiny, -0.75 * tiny]], dtype)

@@ -210,16 +210,61 @@ class NumpyBackend:
         return SparseGrad(values, indices.astype(np.int64, copy=False))
 
     def dedupe(self, grad: SparseGrad) -> SparseGrad:
-        indices = grad.indices
+        """Keras's `_deduplicate_indexed_slices`: `tf.unique` of the indices and
+        `unsorted_segment_sum` of the values, which Keras runs on every sparse gradient.
+
+        The segment sum starts each row at +0 and adds the values in index order, one
+        flushed addition each in float32/float64 (TensorFlow's FTZ/DAZ; float16 keeps its
+        subnormals): a subnormal value reads as 0, a partial sum that underflows becomes 0,
+        and a zero or subnormal value alone in its row comes out as +0 (`0 + -0` is +0).
+        """
+        from nadam.kernels import reference
+
+        indices, values = grad.indices, grad.values
         unique, first, inverse = np.unique(indices, return_index=True, return_inverse=True)
+        tiny = reference.smallest_normal(values.dtype)
+        zeroed, exact = values, False
+        if tiny is not None and values.size:
+            # Below `bound` (2**(p+1) smallest normals, p the significand's bits) lie the
+            # normal values whose sums with a partial sum of opposite sign can underflow:
+            # an underflowing sum of two numbers is a multiple of the smaller one's ulp.
+            bound = tiny * 2.0 ** (np.finfo(values.dtype).nmant + 2)
+            with np.errstate(invalid="ignore"):
+                magnitude = np.abs(values)
+                small = magnitude < bound
+            if small.any():
+                below = magnitude < tiny  # zeros and subnormals: +0 after the segment sum
+                exact = bool((small & ~below).any())
+                if below.any():
+                    zeroed = np.where(below, values.dtype.type(0), values)
         if unique.size == indices.size:
-            return grad
+            return grad if zeroed is values else SparseGrad(zeroed, indices)
         order = np.argsort(first, kind="stable")  # first-occurrence order, as tf.unique
         position = np.empty_like(order)
         position[order] = np.arange(order.size)
-        summed = np.zeros((unique.size, *grad.values.shape[1:]), dtype=grad.values.dtype)
-        # np.add.at adds in index order from zero, as TF's unsorted_segment_sum does on CPU.
-        np.add.at(summed, position[inverse.reshape(-1)], grad.values)
+        segments = position[inverse.reshape(-1)]
+        summed = np.zeros((unique.size, *values.shape[1:]), dtype=values.dtype)
+        if not exact:
+            # np.add.at adds in index order from zero, as TF's unsorted_segment_sum does on
+            # CPU; no partial sum can underflow here, so no flush is needed between adds.
+            np.add.at(summed, segments, zeroed)
+            return SparseGrad(summed, unique[order])
+        # Some partial sum may underflow: add rank by rank (the k-th value of every row at
+        # once), flushing each partial sum, with the values flushed to zeros of their sign.
+        flushed = reference.flush(values)
+        by_segment = np.argsort(segments, kind="stable")
+        counts = np.bincount(segments, minlength=unique.size)
+        starts = np.cumsum(counts) - counts
+        rank = np.arange(segments.size) - np.repeat(starts, counts)
+        by_rank = by_segment[np.argsort(rank, kind="stable")]
+        rank_counts = np.bincount(rank)
+        offset = 0
+        with np.errstate(over="ignore", invalid="ignore"):
+            for count in rank_counts:
+                rows = by_rank[offset : offset + count]
+                offset += count
+                targets = segments[rows]
+                summed[targets] = reference.add(summed[targets], flushed[rows])
         return SparseGrad(summed, unique[order])
 
     # --- array maths used by clipping and the reference kernel ------------------------------

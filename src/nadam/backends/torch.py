@@ -425,12 +425,18 @@ class TorchBackend:
             # is not in float16. Zero-copy views in, new tensors out.
             views = SparseGrad(_numpy_view(values), _numpy_view(indices))
             unique = NUMPY_BACKEND.dedupe(views)
-            if unique is views:  # no repeated index
+            if unique is views:  # no repeated index and nothing to flush
                 return grad
             return SparseGrad(torch.from_numpy(unique.values), torch.from_numpy(unique.indices))
+        from nadam.kernels import reference
+
+        tiny = reference.smallest_normal(values.dtype)
         unique, inverse = torch.unique(indices, sorted=True, return_inverse=True)
         if unique.numel() == indices.numel():
-            return grad
+            if tiny is None:
+                return grad
+            # TensorFlow's segment sum adds each value to +0: zeros and subnormals give +0.
+            return SparseGrad(values.masked_fill(values.abs() < tiny, 0), indices)
         positions = torch.arange(indices.numel(), device=indices.device)
         first = torch.full_like(unique, indices.numel()).scatter_reduce_(
             0, inverse, positions, reduce="amin"
@@ -439,8 +445,13 @@ class TorchBackend:
         rank = torch.empty_like(order)
         rank[order] = torch.arange(order.numel(), device=order.device)
         summed = values.new_zeros((unique.numel(), *values.shape[1:]))
-        # On CUDA index_add_ sums with atomics: the order of repeated rows is not fixed.
+        # On CUDA index_add_ sums with atomics: the order of repeated rows is not fixed, and
+        # its partial sums are not flushed; the values it reads and its sums are (FTZ/DAZ).
+        if tiny is not None:
+            values = reference.flush(values)
         summed.index_add_(0, rank[inverse], values)
+        if tiny is not None:
+            summed = reference.flush(summed)
         return SparseGrad(summed, unique[order])
 
     # --- array maths used by clipping and the reference kernel ------------------------------

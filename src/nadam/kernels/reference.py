@@ -62,6 +62,12 @@ def smallest_normal(dtype: Any) -> float | None:
         return tiny
 
 
+def underflow_scale(dtype: Any) -> float | None:
+    """2**(E-2) for a dtype whose smallest normal number is 2**-E (the scale `mul` and `div`
+    test underflow at); None for a dtype whose subnormals TensorFlow keeps (float16)."""
+    return _underflow_scale(dtype)
+
+
 def _underflow_scale(dtype: Any) -> float | None:
     try:
         return _underflow_scale_of[dtype]
