@@ -113,18 +113,21 @@ def nadam_scalars(
     prod = tf_math.mul(tf_math.cast(cache, dtype), mu_t)
     prod1 = tf_math.mul(prod, mu_t1)
     # lr, beta_1, beta_2 and epsilon are read as they are (tf.identity, a constant); the
-    # kernels flush what they read.
+    # kernels flush what they read. The differences `1 - x` are TensorFlow's without a flush
+    # (tf_math.sub would give the same, slower): every x is in [0, 1] (flushed already, or a
+    # beta, whose subnormal value TF reads as 0 where IEEE rounds 1 - x to 1 all the same),
+    # so each difference is 0 or at least half an ulp of 1, never subnormal.
     scalars = NadamScalars(
         lr=lr_t,
         beta_1=beta_1_t,
         beta_2=beta_2_t,
-        one_minus_beta_1=tf_math.sub(one, beta_1_t),
-        one_minus_beta_2=tf_math.sub(one, beta_2_t),
+        one_minus_beta_1=one - beta_1_t,
+        one_minus_beta_2=one - beta_2_t,
         epsilon=d(epsilon),
-        one_minus_mu_t=tf_math.sub(one, mu_t),
+        one_minus_mu_t=one - mu_t,
         mu_t1=mu_t1,
-        one_minus_prod=tf_math.sub(one, prod),
-        one_minus_prod1=tf_math.sub(one, prod1),
-        v_correction=tf_math.sub(one, tf_math.pow(beta_2_t, local_step)),
+        one_minus_prod=one - prod,
+        one_minus_prod1=one - prod1,
+        v_correction=one - tf_math.pow(beta_2_t, local_step),
     )
     return scalars, prod

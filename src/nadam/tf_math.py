@@ -96,14 +96,17 @@ def mul(a: np.generic, b: np.generic) -> np.generic:
         ...       np.float32(1.9008478e-38)))
         1.1754944e-38 0.0
     """
-    a, b = flush(a), flush(b)
     product = a * b
     tiny = _TINY.get(product.dtype)
-    if tiny is not None and 0 < abs(product) <= tiny:
-        from nadam.kernels import reference
+    # Nothing to flush: a zero product (a zero of the same sign either way), or normal
+    # operands with a product above the window.
+    if tiny is None or product == 0 or (abs(product) > tiny and abs(a) >= tiny
+                                        and abs(b) >= tiny):
+        return product
+    from nadam.kernels import reference
 
-        return product.dtype.type(reference.mul(a, b))
-    return product
+    a, b = flush(a), flush(b)
+    return product.dtype.type(reference.mul(a, b))
 
 
 def div(a: np.generic, b: np.generic) -> np.generic:
