@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from nadam import IndexedSlices, Nadam, Variable
@@ -282,6 +282,9 @@ def test_momentum_cache_underflows_to_zero_as_keras(dtype, path):
 def test_float16_trajectories_equal_keras(path, hypers, sparse_shape, seed):
     # Beyond SPEC's two dtypes: float16 is trainable too, and also agrees bit for bit (both
     # compute each op in float32 and round; TensorFlow keeps float16 subnormals, as NumPy does).
+    # A beta_2 above ~0.99976 is 1.0 in float16: Keras's run turns to NaN and ours refuses it
+    # up front (tested in test_optimizer_v2_contract_oracle.py), so such draws are not runs.
+    assume(np.float16(np.float32(hypers.get("beta_2", 0.999))) < 1)
     rng = np.random.default_rng(seed)
     shapes = [*FIXED_SHAPES, sparse_shape]
     twin = Twin([random_array(rng, s, np.float16) for s in shapes], path, **hypers)
