@@ -53,29 +53,23 @@ def smallest_normal(dtype: Any) -> float | None:
         >>> smallest_normal(np.dtype("float16")) is None
         True
     """
-    try:
-        return _smallest_normal_of[dtype]
-    except KeyError:
-        name = getattr(dtype, "name", None) or str(dtype).removeprefix("torch.")
-        tiny = _SMALLEST_NORMAL.get(name)
-        _smallest_normal_of[dtype] = tiny
-        return tiny
+    return _per_dtype(_SMALLEST_NORMAL, _smallest_normal_of, dtype)
 
 
 def underflow_scale(dtype: Any) -> float | None:
     """2**(E-2) for a dtype whose smallest normal number is 2**-E (the scale `mul` and `div`
     test underflow at); None for a dtype whose subnormals TensorFlow keeps (float16)."""
-    return _underflow_scale(dtype)
+    return _per_dtype(_UNDERFLOW_SCALE, _underflow_scale_of, dtype)
 
 
-def _underflow_scale(dtype: Any) -> float | None:
+def _per_dtype(by_name: dict[str, float], seen: dict[Any, float | None], dtype: Any) -> Any:
+    # NumPy and torch dtypes alike, looked up by name once each (every op asks).
     try:
-        return _underflow_scale_of[dtype]
+        return seen[dtype]
     except KeyError:
         name = getattr(dtype, "name", None) or str(dtype).removeprefix("torch.")
-        scale = _UNDERFLOW_SCALE.get(name)
-        _underflow_scale_of[dtype] = scale
-        return scale
+        value = seen[dtype] = by_name.get(name)
+        return value
 
 
 def flush(a: Any) -> Any:
@@ -117,7 +111,7 @@ def mul(a: Any, b: Any) -> Any:
         array([1.1754944e-38, 0.0000000e+00], dtype=float32)
     """
     product = a * b
-    scale = _underflow_scale(product.dtype)
+    scale = underflow_scale(product.dtype)
     if scale is None:
         return product
     return product * ((abs(a).clip(max=2.0) * scale) * abs(b).clip(max=2.0) >= 0.25)
@@ -130,7 +124,7 @@ def div(a: Any, b: Any) -> Any:
     one below 0.5 is above 2 * 2**-E, one above 4 over any finite number above 2**-E, and
     the clamped test keeps both (a zero over zero is NaN either way)."""
     quotient = a / b
-    scale = _underflow_scale(quotient.dtype)
+    scale = underflow_scale(quotient.dtype)
     if scale is None:
         return quotient
     return quotient * ((abs(a).clip(max=4.0) * scale) / abs(b).clip(min=0.5) >= 0.25)
