@@ -68,6 +68,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from nadam import checks
+
 __all__ = ["KerasOptimizerState", "Slots", "load_keras_optimizer"]
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -226,16 +228,11 @@ class KerasOptimizerState:
 
     def _check_values(self) -> None:
         """What no Keras run writes, refused before the optimizer is touched."""
-        if isinstance(self.iterations, bool) or not isinstance(
-            self.iterations, int | np.integer
-        ) or not 0 <= int(self.iterations) <= np.iinfo(np.int64).max:
+        checks.iteration_count(self.iterations)
+        checks.momentum_cache(self.momentum_cache)
+        if self.momentum_cache.dtype.kind != "f":
             raise ValueError(
-                f"iterations must be a non-negative int64 count, got {self.iterations!r}"
-            )
-        cache = self.momentum_cache
-        if cache.shape != () or cache.dtype.kind != "f" or not 0.0 <= float(cache) <= 1.0:
-            raise ValueError(
-                f"momentum_cache must be a float scalar in [0, 1], got {cache!r}"
+                f"Expected momentum_cache to be a float scalar, received: {self.momentum_cache!r}"
             )
         for name, slots in self.slots.items():
             for slot, array in zip(("m", "v"), slots, strict=True):
