@@ -17,7 +17,7 @@ from nadam.backends import Backend, backend_for
 from nadam.kernels import NadamScalars
 from nadam.optimizer import STEP_CONTEXT, Optimizer
 from nadam.step_scalars import nadam_scalars
-from nadam.variables import Variable
+from nadam.variables import IndexedSlices, Variable
 
 __all__ = ["Nadam", "nadam_scalars"]
 
@@ -164,23 +164,20 @@ class Nadam(Optimizer):
 
     def _resource_apply_dense(self, grad: Any, var: Any, apply_state: dict) -> None:
         """Keras's per-variable hook: one variable's dense step (for subclasses' `super()`)."""
+        self._apply_one(var, grad, apply_state)
+
+    def _resource_apply_sparse(self, grad: Any, var: Any, indices: Any, apply_state: dict) -> None:
+        """Keras's per-variable hook: one variable's sparse step over unique `indices`."""
+        backend = self._backend_of(var)
+        self._apply_one(var, IndexedSlices(grad, indices, backend.shape(var)), apply_state)
+
+    def _apply_one(self, var: Any, grad: Any, apply_state: dict) -> None:
+        # The engine's kernels for one variable, with this step's scalars for its dtype.
         backend = self._backend_of(var)
         update = engine.checked_update(backend, var, grad)
         update.m, update.v = self.get_slot(var, "m"), self.get_slot(var, "v")
         scalars = self._scalars_for(backend, var, apply_state)
-        context = engine.StepContext(0, scalars.lr, {(0, update.dtype): scalars})
-        engine.apply([update], context)
-
-    def _resource_apply_sparse(self, grad: Any, var: Any, indices: Any, apply_state: dict) -> None:
-        """Keras's per-variable hook: one variable's sparse step over unique `indices`."""
-        from nadam import kernels
-
-        backend = self._backend_of(var)
-        kernel = kernels.select(backend, backend.device(var), backend.dtype(var))
-        kernel.sparse(
-            backend, var, grad, indices, self.get_slot(var, "m"), self.get_slot(var, "v"),
-            self._scalars_for(backend, var, apply_state),
-        )
+        engine.apply([update], engine.StepContext(0, scalars.lr, {(0, update.dtype): scalars}))
 
     # --- configuration ---------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:

@@ -131,6 +131,24 @@ def test_overridden_dense_hook_is_called_and_can_defer_to_nadam():
     assert calls == ["x0", "x1"]
 
 
+def test_overridden_sparse_hook_can_defer_to_nadam():
+    calls = []
+
+    class Counting(Nadam):
+        def _resource_apply_sparse(self, grad, var, indices, apply_state):
+            calls.append(sorted(np.asarray(indices).tolist()))
+            return super()._resource_apply_sparse(grad, var, indices, apply_state)
+
+    twin = Twin([np.linspace(-1, 1, 12).astype(np.float32).reshape(4, 3)], "default",
+                ours=Counting(learning_rate=0.1), keras=KerasNadam(learning_rate=0.1))
+    grad = IndexedSlices(np.arange(9, dtype=np.float32).reshape(3, 3), np.array([2, 0, 2]),
+                         (4, 3))
+    for _ in range(3):
+        twin.step([grad])
+        twin.check()
+    assert calls == [[0, 2]] * 3
+
+
 def test_hooks_written_without_apply_state():
     seen = []
 

@@ -1,9 +1,9 @@
 """Keras 2's Nadam as a `torch.optim.Optimizer`: param groups, `step`, `state_dict`, schedulers.
 
-This is a second face of the engine behind `nadam.Nadam`: the same tensor checks and gradient
-forms (`nadam.backends.torch`), clipping (`nadam.clipping`), per-step scalars
-(`nadam.nadam.nadam_scalars`) and kernels (`nadam.kernels.select`), driven the torch.optim
-way. With one param group its steps equal `nadam.Nadam`'s and Keras 2's, bit for bit.
+This is a second face of the step engine behind `nadam.Nadam` (`nadam.engine`: checks,
+clipping, the step's scalars, kernels, commit), fed the torch.optim way: param groups become the
+engine's groups. With one param group its steps equal `nadam.Nadam`'s and Keras 2's, bit for
+bit.
 
 How Keras's state maps onto torch.optim's:
 
