@@ -178,36 +178,8 @@ class NumpyBackend:
         if len(shape) == 0:
             raise ValueError(f"Sparse gradient for scalar variable {name}: it has no rows")
         values = self._as_array(grad.values, var, "IndexedSlices values")
-        indices = np.asarray(grad.indices)
-        if indices.dtype.kind not in "iu" and not (indices.size == 0 and indices.ndim == 1):
-            raise TypeError(
-                f"IndexedSlices indices for variable {name} must be integers, "
-                f"got dtype {indices.dtype}"
-            )
-        if indices.ndim != 1:
-            raise ValueError(
-                f"IndexedSlices indices for variable {name} must be 1-D, got shape {indices.shape}"
-            )
-        expected = (indices.shape[0], *shape[1:])
-        if values.shape != expected:
-            raise ValueError(
-                f"IndexedSlices values for variable {name} have shape {values.shape}, "
-                f"expected {expected} ({indices.shape[0]} indices, rows of shape {shape[1:]})"
-            )
-        if grad.dense_shape is not None and tuple(grad.dense_shape) != shape:
-            raise ValueError(
-                f"IndexedSlices dense_shape {tuple(grad.dense_shape)} does not match "
-                f"variable {name} of shape {shape}"
-            )
-        if indices.size:
-            low, high = indices.min(), indices.max()
-            if low < 0 or high >= shape[0]:
-                bad = low if low < 0 else high
-                raise IndexError(
-                    f"IndexedSlices index {int(bad)} is out of range for variable {name} "
-                    f"with {shape[0]} rows"
-                )
-        return SparseGrad(values, indices.astype(np.int64, copy=False))
+        indices = checked_row_indices(grad.indices, values.shape, grad.dense_shape, shape, name)
+        return SparseGrad(values, indices)
 
     def dedupe(self, grad: SparseGrad) -> SparseGrad:
         """Keras's `_deduplicate_indexed_slices`: `tf.unique` of the indices and
@@ -339,6 +311,50 @@ class NumpyBackend:
             np.asarray(grad, dtype=var.dtype) if id(var) in reads else None
             for var, grad in zip(variables, grads, strict=True)
         ]
+
+
+def checked_row_indices(
+    indices: Any,
+    values_shape: tuple[int, ...],
+    dense_shape: tuple[int, ...] | None,
+    shape: tuple[int, ...],
+    name: str,
+) -> np.ndarray:
+    """The int64 row indices of a sparse gradient for variable `name` of `shape`, after
+    checking them against the values' shape and `dense_shape` (any backend's host copies).
+
+    Raises TypeError (not integers), ValueError (shapes) or IndexError (out of range).
+    """
+    indices = np.asarray(indices)
+    if indices.dtype.kind not in "iu" and not (indices.size == 0 and indices.ndim == 1):
+        raise TypeError(
+            f"IndexedSlices indices for variable {name} must be integers, "
+            f"got dtype {indices.dtype}"
+        )
+    if indices.ndim != 1:
+        raise ValueError(
+            f"IndexedSlices indices for variable {name} must be 1-D, got shape {indices.shape}"
+        )
+    expected = (indices.shape[0], *shape[1:])
+    if tuple(values_shape) != expected:
+        raise ValueError(
+            f"IndexedSlices values for variable {name} have shape {tuple(values_shape)}, "
+            f"expected {expected} ({indices.shape[0]} indices, rows of shape {shape[1:]})"
+        )
+    if dense_shape is not None and tuple(dense_shape) != shape:
+        raise ValueError(
+            f"IndexedSlices dense_shape {tuple(dense_shape)} does not match "
+            f"variable {name} of shape {shape}"
+        )
+    if indices.size:
+        low, high = indices.min(), indices.max()
+        if low < 0 or high >= shape[0]:
+            bad = low if low < 0 else high
+            raise IndexError(
+                f"IndexedSlices index {int(bad)} is out of range for variable {name} "
+                f"with {shape[0]} rows"
+            )
+    return indices.astype(np.int64, copy=False)
 
 
 NUMPY_BACKEND = NumpyBackend()
