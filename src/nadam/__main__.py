@@ -1,4 +1,4 @@
-"""The command line: ``python -m nadam demo | bench`` (also installed as the ``nadam`` script).
+"""The command line: ``python -m nadam demo | bench | compare`` (also the ``nadam`` script).
 
 Each subcommand registers itself with `_add_<name>_parser`, which sets `handler` to the function
 that runs it; `main` only parses and dispatches, so a new subcommand touches nothing else.
@@ -137,6 +137,33 @@ def _run_bench(args: argparse.Namespace) -> int:
     return bench.run(args, prog="python -m nadam bench")
 
 
+# --- compare ----------------------------------------------------------------------------------
+def _add_compare_parser(subparsers: Any) -> None:
+    # nadam.compare imports the peers (tf_keras, torch, optax, Keras 3) only when it runs.
+    from nadam import compare
+
+    parser = subparsers.add_parser(
+        "compare",
+        help="train the demo's MLP with the Nadams people confuse and plot how they differ",
+        description=(
+            "Train the demo's MLP from the same initial weights on the same batches with "
+            "nadam.Nadam (Keras 2's Nadam), nadam.Nadam(schedule_decay=1.0), tf_keras's legacy "
+            "Nadam (Keras 2), Keras 3's Nadam, torch.optim.NAdam and optax.nadam; print a "
+            "table and write a PNG of the loss curves and of each one's distance from Keras 2. "
+            "Peers that are not installed are skipped with a line saying so. Needs the demo "
+            f"extra: {compare.demo.INSTALL_HINT}"
+        ),
+    )
+    compare.add_arguments(parser, _positive_int, _non_negative_int, _positive_float)
+    parser.set_defaults(handler=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from nadam import compare
+
+    return compare.run(args)
+
+
 # --- the parser -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The `nadam` argument parser, one subparser per subcommand.
@@ -152,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo_parser(subparsers)
     _add_bench_parser(subparsers)
+    _add_compare_parser(subparsers)
     # Further subcommands go here: an `_add_<name>_parser(subparsers)` that calls
     # `parser.set_defaults(handler=...)` with a `(args) -> int` function.
     return parser

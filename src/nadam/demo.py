@@ -135,11 +135,17 @@ def build_model(rng: np.random.Generator, inputs: int = 64) -> list[nadam.Variab
     ]
 
 
-def logits(params: list[nadam.Variable], x: np.ndarray) -> Any:
-    """The forward pass. It reads `.value`, which is what `minimize` differentiates through."""
-    kernel_1, bias_1, kernel_2, bias_2 = (p.value for p in params)
+def forward(weights: list[Any], x: np.ndarray) -> Any:
+    """The forward pass on the weights' arrays [kernel_1, bias_1, kernel_2, bias_2]
+    (autograd-differentiable; `nadam.compare` differentiates it for every optimizer)."""
+    kernel_1, bias_1, kernel_2, bias_2 = weights
     hidden = anp.tanh(x @ kernel_1 + bias_1)
     return hidden @ kernel_2 + bias_2
+
+
+def logits(params: list[nadam.Variable], x: np.ndarray) -> Any:
+    """The forward pass. It reads `.value`, which is what `minimize` differentiates through."""
+    return forward([p.value for p in params], x)
 
 
 def cross_entropy(scores: Any, labels: np.ndarray) -> Any:
@@ -170,7 +176,8 @@ def _check_positive_float(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
-def _batches(rng: np.random.Generator, size: int, batch_size: int) -> Iterator[np.ndarray]:
+def batches(rng: np.random.Generator, size: int, batch_size: int) -> Iterator[np.ndarray]:
+    """One epoch's batches: row indices of a random permutation of `size` rows, in order."""
     order = rng.permutation(size)
     for start in range(0, size, batch_size):
         yield order[start : start + batch_size]
@@ -216,7 +223,7 @@ def train(
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         bar = tqdm(
-            _batches(rng, len(data.y_train), batch_size),
+            batches(rng, len(data.y_train), batch_size),
             total=steps,
             desc=f"epoch {epoch}/{epochs}",
             unit="batch",
