@@ -39,6 +39,7 @@ import torch
 
 from nadam import checkpoint, checks, engine
 from nadam.backends.torch import TORCH_BACKEND
+from nadam.integrations import torch_in_backward
 
 __all__ = ["Nadam"]
 
@@ -135,6 +136,11 @@ class Nadam(torch.optim.Optimizer):
             `step()`. The global norm is taken over the gradients of every group that shares
             the same `global_clipnorm`.
 
+        in_backward: step each parameter inside `backward()` as soon as its gradient is
+            accumulated, and free that gradient (one backward is one step; `step()` then
+            updates nothing). `global_clipnorm` cannot be used so. See
+            `nadam.integrations.torch_in_backward`.
+
     Gradients may be dense or sparse COO (from `nn.Embedding(sparse=True)`; Keras's sparse
     semantics). Parameters whose `.grad` is None are skipped; a step with no gradient at all
     changes nothing. It does not all-reduce: under DistributedDataParallel the gradients are
@@ -164,6 +170,7 @@ class Nadam(torch.optim.Optimizer):
         clipnorm: float | None = None,
         clipvalue: float | None = None,
         global_clipnorm: float | None = None,
+        in_backward: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -176,6 +183,10 @@ class Nadam(torch.optim.Optimizer):
             "global_clipnorm": global_clipnorm,
         }
         _group_hypers(defaults, "defaults")
+        self._nadam_in_backward: torch_in_backward.BackwardSteps | None = None
+        if torch_in_backward.check_flag(in_backward):
+            torch_in_backward.check_group(defaults, "defaults")
+            self._nadam_in_backward = torch_in_backward.BackwardSteps(self)
         super().__init__(params, defaults)
 
     # --- param groups ----------------------------------------------------------------------
@@ -188,6 +199,8 @@ class Nadam(torch.optim.Optimizer):
             if self.param_groups:
                 _check_shared_schedule([_group_hypers(self.param_groups[0], "param_groups[0]"),
                                         hyper])
+            if self.__dict__.get("_nadam_in_backward") is not None:
+                torch_in_backward.check_group(merged, where)
             params = param_group["params"]
             params = [params] if isinstance(params, torch.Tensor) else list(params)
             param_group["params"] = params  # a generator must not be consumed twice
@@ -209,6 +222,24 @@ class Nadam(torch.optim.Optimizer):
                     )
                 seen.add(id(tensor))
         super().add_param_group(param_group)
+        in_backward = self.__dict__.get("_nadam_in_backward")
+        if in_backward is not None:
+            in_backward.watch(self.param_groups[-1]["params"])
+
+    # --- stepping inside backward (nadam.integrations.torch_in_backward) ---------------------
+    @property
+    def in_backward(self) -> bool:
+        """Whether parameters are stepped inside backward (`in_backward=True`, hooks in place)."""
+        in_backward = self.__dict__.get("_nadam_in_backward")
+        return in_backward is not None and in_backward.watching
+
+    def remove_hooks(self) -> None:
+        """Stop stepping inside backward: remove the gradient hooks (also done when the
+        optimizer is garbage collected). From then on `step()` steps as usual."""
+        in_backward = self.__dict__.get("_nadam_in_backward")
+        if in_backward is not None:
+            with self._step_lock:
+                in_backward.remove_hooks()
 
     # --- global state ------------------------------------------------------------------------
     def _schedule(self) -> dict[str, torch.Tensor]:
@@ -262,8 +293,12 @@ class Nadam(torch.optim.Optimizer):
         """Apply one Nadam step to every parameter that has a gradient; returns the loss.
 
         Everything is checked first (settings, tensors, gradients); on an error nothing has
-        changed.
+        changed. With `in_backward=True` the parameters were stepped inside backward already:
+        this only runs the closure, if given, and returns its loss.
         """
+        in_backward = self.__dict__.get("_nadam_in_backward")
+        if in_backward is not None and in_backward.watching:
+            return in_backward.step(closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
