@@ -49,6 +49,11 @@ DEFAULT_STEPS = 450  # ten epochs of the demo's 1437 training digits in batches 
 DEFAULT_OUT = "nadam-compare.png"
 CHECKPOINTS = (1, 10, 100)  # steps whose distance the table shows, besides the last
 CHILD_TIMEOUT_S = 600
+SMOOTHING = 15  # steps per point of the loss curves (one batch's loss is noisy)
+COLORS = {"nadam": "tab:blue", "keras2": "tab:orange", "nadam-sd1": "black",
+          "keras3": "tab:red", "torch": "tab:green", "optax": "tab:purple"}
+STYLES = {"keras2": {"linestyle": "--", "linewidth": 2.4},
+          "nadam-sd1": {"linestyle": ":", "linewidth": 2.0}}
 
 
 @dataclass(frozen=True)
@@ -444,19 +449,21 @@ def plot(result: Comparison, path: str | os.PathLike[str]) -> Path:
     figure = figure_module.Figure(figsize=(11, 4.2), dpi=100, layout="constrained")
     losses, distances = figure.subplots(1, 2)
     steps = np.arange(1, result.settings.steps + 1)
-    # Keras 2 is drawn dashed and wide, so that curves equal to it still show both.
-    styles = {"keras2": {"linestyle": "--", "linewidth": 2.2}}
+    window = min(SMOOTHING, result.settings.steps)
     for name, t in result.trajectories.items():
-        losses.plot(steps, t.losses, label=_label(name),
-                    **styles.get(name, {"linewidth": 1.0}))
+        # Keras 2 wide and dashed, ours-with-Keras-3's-schedule dashed: curves equal to
+        # another one still show both.
+        style = {"color": COLORS[name], "label": _label(name), **STYLES.get(name, {})}
+        style.setdefault("linewidth", 1.0)
+        smoothed = np.convolve(t.losses, np.ones(window) / window, mode="valid")
+        losses.plot(steps[window - 1 :], smoothed, **style)
         d = result.distances.get(name)
         if d is None or name == result.reference:
             continue
-        label = _label(name)
         if not np.any(d[1:] > 0):
-            label += ": 0 at every step (identical)"
-        distances.plot(steps, np.where(d[1:] > 0, d[1:], np.nan), label=label, linewidth=1.0)
-    losses.set(xlabel="step", ylabel="batch loss (cross-entropy)", yscale="log",
+            style["label"] += ": 0 at every step (identical)"
+        distances.plot(steps, np.where(d[1:] > 0, d[1:], np.nan), **style)
+    losses.set(xlabel="step", ylabel=f"batch loss, running mean of {window}", yscale="log",
                title="Training loss, same start and batches")
     losses.legend(fontsize=8)
     distances.set(xlabel="step", ylabel="max |w - w_keras2| / max |w_keras2|", yscale="log",
