@@ -77,7 +77,23 @@ def _torch_arrays() -> tuple[Any, Callable[[np.ndarray], Any]]:
     return TORCH_BACKEND, convert
 
 
-ARRAYS = {"numpy": _numpy_arrays, "torch": _torch_arrays}
+def _jax_arrays() -> tuple[Any, Callable[[np.ndarray], Any]]:
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from nadam import Variable
+    from nadam.backends.jax import JAX_BACKEND
+
+    def convert(array: np.ndarray) -> Any:
+        # A Variable (what the kernel swaps new values into); x64 only while the array is
+        # made, so the rest of the process keeps JAX's default. The kernel keeps float64.
+        with jax.enable_x64(True):
+            return Variable(jnp.asarray(array))
+
+    return JAX_BACKEND, convert
+
+
+ARRAYS = {"numpy": _numpy_arrays, "torch": _torch_arrays, "jax": _jax_arrays}
 
 
 def _arrays_for(kernel: kernels.RegisteredKernel) -> tuple[Any, Callable[[np.ndarray], Any]]:

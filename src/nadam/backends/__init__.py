@@ -12,6 +12,7 @@ import sys
 
 from nadam.backends.base import Backend, DenseGrad, SparseGrad
 from nadam.backends.numpy import NUMPY_BACKEND
+from nadam.variables import Variable
 
 __all__ = ["Backend", "DenseGrad", "SparseGrad", "backend_for", "NUMPY_BACKEND"]
 
@@ -27,10 +28,21 @@ def _is_torch_tensor(obj: object) -> bool:
     return torch is not None and isinstance(obj, torch.Tensor)
 
 
+def _holds_jax_array(obj: object) -> bool:
+    # By module name, so that JAX is imported only when one of its arrays shows up.
+    value = obj._value if isinstance(obj, Variable) else obj
+    return _framework_of(value) in ("jax", "jaxlib")
+
+
 def backend_for(obj: object) -> Backend | None:
     """The backend that owns variable `obj`, or None if no backend supports it."""
     if NUMPY_BACKEND.owns(obj):
         return NUMPY_BACKEND
+    if _holds_jax_array(obj):
+        from nadam.backends.jax import JAX_BACKEND
+
+        if JAX_BACKEND.owns(obj):
+            return JAX_BACKEND
     if _framework_of(obj) == "torch" or _is_torch_tensor(obj):
         from nadam.backends.torch import TORCH_BACKEND
 

@@ -157,6 +157,16 @@ def _torch_on_cuda(backend: Any, device: str, dtype: np.dtype) -> KernelChoice |
     return torch_foreach.choose(backend, device, dtype)
 
 
+def _jax_variables(backend: Any, device: str, dtype: np.dtype) -> KernelChoice | None:
+    """`kernels.jax_variables` (the XLA step) for groups of `nadam.Variable`s holding JAX
+    arrays; it (and JAX) is imported by the first such group."""
+    if getattr(backend, "name", None) != "jax":
+        return None
+    from nadam.kernels import jax_variables
+
+    return jax_variables.choose(backend, device, dtype)
+
+
 def _register_builtin_fast_paths() -> None:
     # `cpu` imports NumPy only; numba is imported when its first step runs.
     from nadam.kernels import cpu
@@ -166,6 +176,9 @@ def _register_builtin_fast_paths() -> None:
     register_fast_path(
         _torch_on_cuda,
         RegisteredKernel("torch-foreach", "nadam.kernels.torch_foreach", "torch"),
+    )
+    register_fast_path(
+        _jax_variables, RegisteredKernel("jax-xla", "nadam.kernels.jax_variables", "jax")
     )
 
 
