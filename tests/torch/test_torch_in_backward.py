@@ -507,3 +507,44 @@ def test_backwards_in_two_threads_are_each_one_step():
                      torch.tensor(sequential.momentum_cache, dtype=torch.float32),
                      "momentum_cache")
     assert all(p.grad is None for m in models for p in m.parameters())
+
+
+_DTENSOR_SCRIPT = """
+import socket, torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+from nadam.torch import Nadam
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+mesh = init_device_mesh("cpu", (1,))
+plain = torch.nn.Parameter(torch.ones(3))
+sharded = torch.nn.Parameter(distribute_tensor(torch.ones(4, 2), mesh, [Shard(0)]))
+opt = Nadam([plain], in_backward=True)
+try:
+    opt.add_param_group({"params": [sharded]})
+except TypeError as error:
+    print("TypeError:", error)
+print("groups:", len(opt.param_groups), "watched:", sharded._post_accumulate_grad_hooks)
+try:
+    Nadam([sharded], in_backward=True)
+except TypeError as error:
+    print("TypeError:", error)
+dist.destroy_process_group()
+"""
+
+
+def test_dtensor_parameters_are_refused_before_anything_changes():
+    """FSDP2's sharded parameters never pass through autograd's accumulation: in_backward
+    would silently never step them. A process group of one, in a subprocess of its own."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _DTENSOR_SCRIPT], capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("TypeError: param_groups[1]['params'][0] is a DTensor")
+    assert "no gradient hook would ever fire" in lines[0]
+    assert lines[1] == "groups: 1 watched: None"
+    assert lines[2].startswith("TypeError: param_groups[0]['params'][0] is a DTensor")

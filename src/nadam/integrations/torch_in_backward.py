@@ -84,8 +84,9 @@ __all__ = ["BackwardSteps", "check_group"]
 _MAX_OPEN_STEPS = 64
 
 
-def check_group(group: dict[str, Any], where: str) -> None:
-    """ValueError if a group's settings cannot be stepped inside backward (`global_clipnorm`)."""
+def check_group(group: dict[str, Any], where: str, params: Iterable[Any] = ()) -> None:
+    """A group that cannot be stepped inside backward: `global_clipnorm` (ValueError) or a
+    DTensor parameter (TypeError)."""
     if group.get("global_clipnorm") is not None:
         raise ValueError(
             f"{where}: global_clipnorm={group['global_clipnorm']!r} cannot be used with "
@@ -93,6 +94,16 @@ def check_group(group: dict[str, Any], where: str) -> None:
             "in this mode each parameter is stepped as soon as its own gradient is ready. Use "
             "clipnorm (per tensor) or clipvalue, or step normally"
         )
+    for position, param in enumerate(params):
+        tensor = param[1] if isinstance(param, tuple) else param
+        kind = type(tensor)
+        if kind.__name__ == "DTensor" and kind.__module__.startswith("torch.distributed"):
+            raise TypeError(
+                f"{where}['params'][{position}] is a DTensor (FSDP2, tensor parallel): "
+                "in_backward=True cannot step it: FSDP2 sets the sharded gradient itself, "
+                "outside autograd's accumulation, so no gradient hook would ever fire and the "
+                "parameter would silently never move. Step normally"
+            )
 
 
 def check_flag(value: Any) -> bool:

@@ -199,11 +199,11 @@ class Nadam(torch.optim.Optimizer):
             if self.param_groups:
                 _check_shared_schedule([_group_hypers(self.param_groups[0], "param_groups[0]"),
                                         hyper])
-            if self.__dict__.get("_nadam_in_backward") is not None:
-                torch_in_backward.check_group(merged, where)
             params = param_group["params"]
             params = [params] if isinstance(params, torch.Tensor) else list(params)
             param_group["params"] = params  # a generator must not be consumed twice
+            if self.__dict__.get("_nadam_in_backward") is not None:
+                torch_in_backward.check_group(merged, where, params)
             seen: set[int] = set()
             for position, param in enumerate(params):
                 tensor = param[1] if isinstance(param, tuple) else param
