@@ -85,6 +85,13 @@ class JaxBackend:
                 f"Variable {self.describe(var)} has dtype {dtype}; Nadam trains only float16, "
                 f"float32 and float64 variables{hint}"
             )
+        if dtype == np.float64 and not jax.config.jax_enable_x64:
+            # Every JAX op would silently compute in float32 (gradients, clipping, the step).
+            raise TypeError(
+                f"Variable {self.describe(var)} is float64, but JAX's 64-bit mode is off, so "
+                "JAX would compute in float32: jax.config.update('jax_enable_x64', True), or "
+                "step inside `with jax.enable_x64(True):`"
+            )
 
     def dtype(self, var: Any) -> np.dtype:
         return np.dtype(self.read(var).dtype)
