@@ -177,7 +177,8 @@ class Nadam(keras.optimizers.Optimizer):
             self._engine_step(grads, trainable_variables, learning_rate)
             return
         kernel = self._kernel()
-        iterations = self.iterations
+        iterations = keras.ops.convert_to_tensor(self.iterations)
+        learning_rate = keras.ops.convert_to_tensor(learning_rate)
         cache = keras.ops.convert_to_tensor(self._momentum_cache)
         cache_dtype = _dtype_name(self._momentum_cache)
         by_dtype: dict[str, Any] = {}
@@ -331,7 +332,7 @@ class Nadam(keras.optimizers.Optimizer):
             stacklevel=2,
         )
         ours.build(optimizer._trainable_variables)
-        ours._iterations.assign(optimizer._iterations)
+        ours._iterations.assign(optimizer._iterations.value)
         pairs = [(ours._momentums, optimizer._momentums),
                  (ours._velocities, optimizer._velocities)]
         if ours.use_ema and optimizer.use_ema:
@@ -344,7 +345,7 @@ class Nadam(keras.optimizers.Optimizer):
         for mine, theirs in pairs:
             for target, source in zip(mine, theirs, strict=True):
                 if target is not None and source is not None:
-                    target.assign(source)
+                    target.assign(source.value)
         steps = int(keras.ops.convert_to_numpy(ours.iterations))
         ours._momentum_cache.assign(
             np.asarray(ours.momentum_cache_after(steps, _dtype_name(ours._momentum_cache)))
