@@ -38,8 +38,8 @@ def to_jax(grad: Any) -> Any:
 class JaxTwin(Twin):
     """`Twin` whose `nadam` side trains JAX Variables with JAX gradients."""
 
-    def __init__(self, arrays: Sequence[np.ndarray], **kwargs: Any) -> None:
-        super().__init__(arrays, "default", **kwargs)
+    def __init__(self, arrays: Sequence[np.ndarray], path: str = "default", **kwargs: Any) -> None:
+        super().__init__(arrays, path, **kwargs)
 
     def add_variables(self, arrays: Sequence[np.ndarray]) -> None:
         for array in arrays:
