@@ -548,3 +548,27 @@ def test_dtensor_parameters_are_refused_before_anything_changes():
     assert "no gradient hook would ever fire" in lines[0]
     assert lines[1] == "groups: 1 watched: None"
     assert lines[2].startswith("TypeError: param_groups[0]['params'][0] is a DTensor")
+
+
+def test_a_process_group_of_several_ranks_gets_a_warning_about_ddp(monkeypatch):
+    """Under DDP the hooks would step each rank's own gradient (DDP averages after them): the
+    ranks drift apart (README, Scale-out). One rank, or no process group: no warning."""
+    import warnings
+
+    import torch.distributed as dist
+
+    params = list(_model().parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Nadam(params, in_backward=True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Nadam(params, in_backward=True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    with pytest.warns(RuntimeWarning, match="DistributedDataParallel each rank would step"):
+        Nadam(params, in_backward=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Nadam(params)  # stepping normally is right under DDP

@@ -60,6 +60,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -152,6 +153,7 @@ class BackwardSteps:
         self._open: OrderedDict[int, _OpenStep] = OrderedDict()
         self._memo = engine.VariableMemo()
         self._finalizer = weakref.finalize(optimizer, _remove_all, self._handles)
+        _warn_if_data_parallel()
 
     # --- hooks -----------------------------------------------------------------------------
     def watch(self, params: Iterable[torch.Tensor]) -> None:
@@ -309,6 +311,24 @@ class BackwardSteps:
             step.slot_round = optimizer.state[param]["round"]
         else:
             optimizer.state[param]["round"] = step.slot_round
+
+
+def _warn_if_data_parallel() -> None:
+    """A RuntimeWarning where a process group of several ranks is running: under
+    DistributedDataParallel the hooks would step each rank's own gradient, before DDP averages
+    them at the end of backward, and the ranks would silently drift apart."""
+    distributed = torch.distributed
+    if distributed.is_available() and distributed.is_initialized() and (
+        distributed.get_world_size() > 1
+    ):
+        warnings.warn(
+            "in_backward=True with a process group of several ranks: under "
+            "DistributedDataParallel each rank would step on its own gradient (DDP averages "
+            "them only after the hooks ran) and the ranks would drift apart. Step normally "
+            "under DDP; this mode suits ranks that train on their own gradients",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def _remove_all(handles: dict[int, Any]) -> None:
