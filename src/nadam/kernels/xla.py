@@ -7,6 +7,7 @@ Three functions, each jit/scan/vmap-safe, every op in the variable's dtype and i
   schedule_decay, dtype)`: one step's `NadamScalars` (0-d arrays) and the new momentum cache;
   `decayed_learning_rate(lr, decay, iterations, dtype)`: `lr / (1 + decay * iterations)`;
 - `dense_update(x, g, m, v, scalars)`: Keras 2's dense step, returns the new (x, m, v);
+  `dense_decrement(g, m, v, scalars)`: what that step subtracts from x, and the new (m, v);
 - `sparse_update(x, indices, values, m, v, scalars)`: Keras 2's sparse step over rows.
 
 Why plain `jnp` code is not enough (measured with jax/jaxlib 0.10.2, XLA:CPU, float32 and
@@ -18,30 +19,31 @@ float64): XLA rewrites two things that change the bits of the result.
    instead of one.
 
 The guards live in the traced code (a process-wide XLA flag would change the user's other
-computations too), and both use a run-time zero `z`, an integer 0 that XLA and LLVM cannot
-prove to be 0: the sign of a non-negative scalar of the step (`v_correction = 1 - beta_2**t`
-for the element-wise step, the iteration count for the scalars), shifted down to 0 or -1.
+computations too). Both use a run-time zero `z`, an integer 0 that XLA and LLVM cannot prove
+to be 0: from the sign of a non-negative scalar of the step (`v_correction = 1 - beta_2**t`;
+the iteration count for the scalars), and, for the element-wise step, from a fact about the
+first element of the gradient that compilers do not know (`_square_residue_zero`), so that
+the guards hold even when the scalars are constants of the trace (a step count created in
+the same jitted function, say).
 
 1. A product feeding a sum is passed through its bits, `bitcast(bitcast(p) ^ z)`: exactly `p`,
    but LLVM cannot fuse an XOR with an unknown value into an FMA. One integer op per product,
-   on values already in registers.
+   on values already in registers. (Multiplying by a run-time 1.0 instead, which would let
+   LLVM contract harmlessly, is not robust: XLA reassociates it away from constant scalars.)
 2. A scalar divisor is given a per-element dependency, `bitcast(bitcast(s) ^ (bitcast(g) & z))`,
    exactly `s` in every element: no longer a broadcast, so the division stays a division.
 
-So the guards need the step's scalars to be run-time values (what they are when they come from
-a carried iteration count or are arguments of the jitted function). A NumPy scalar handed to
-`dense_update` inside someone else's trace is a compile-time constant; for those the zero is
-taken element-wise from `v` instead (`v < 0` is false for every valid second moment), which is
-exact too but about twice as slow. Likewise `nadam_scalars` with a Python-int iteration count
-inside a trace lets XLA compute the scalars at compile time, where it does not flush subnormal
-numbers as TensorFlow does (the momentum cache from float32 step ~111): pass the count as an
-array, as every face here does.
+`nadam_scalars` with a Python-int iteration count inside a trace lets XLA compute the scalars
+at compile time, where it does not flush subnormal numbers as TensorFlow does (the momentum
+cache from float32 step ~111): pass the count as an array (a jitted function's argument or a
+scan's carry), as every face here does.
 
 Everything else is exact as it stands: XLA's `pow` gives the C library's `powf`/`pow` for every
 step up to 200,000 (tested), `sqrt` and array division are correctly rounded, and XLA:CPU runs
 with flush-to-zero and denormals-are-zero as TensorFlow's CPU kernels do, down to x86's choice
-of which products at the smallest normal number underflow. float16 and the GPU are not covered
-by these guarantees (XLA may keep float16 intermediates in float32; GPUs flush differently).
+of which products at the smallest normal number underflow. float16 matches the reference too
+(each op rounded to float16, as TensorFlow's). All of this is XLA:CPU, where it is tested; on
+a GPU, XLA's code generator and flushing rules are others', and the bits there are not tested.
 
 Example:
     >>> import jax.numpy as jnp
@@ -67,6 +69,7 @@ from nadam.step_scalars import keras_cast
 __all__ = [
     "SUPPORTED_DTYPES",
     "decayed_learning_rate",
+    "dense_decrement",
     "dense_update",
     "nadam_scalars",
     "sparse_update",
@@ -277,35 +280,61 @@ def _scalars_in(scalars: NadamScalars, dtype: np.dtype) -> NadamScalars:
     return NadamScalars(*(jnp.asarray(s).astype(dtype) for s in scalars))
 
 
-def _is_constant_in_trace(x: Any, scalars: NadamScalars) -> bool:
-    """True when `x` is traced but the scalars are not: they would be compile-time constants
-    and the scalar zero of the guards would fold away."""
-    return isinstance(x, jax.core.Tracer) and not isinstance(scalars.v_correction,
-                                                             jax.core.Tracer)
+def _square_residue_zero(a: jax.Array, int_dtype: np.dtype) -> jax.Array:
+    """0 for every value of the 0-d float `a`, as an `int_dtype` XLA and LLVM cannot fold.
+
+    The square of an integer is never 5 modulo 8 (an odd square is 1 modulo 8), but a
+    compiler's known-bits analysis knows only that bit 1 of a square is clear, so it must
+    compute the comparison. Used where the step's scalars may be compile-time constants: the
+    gradient is a run-time value in any real use.
+    """
+    b = _bits(a)
+    return (((b * b) & 7) == 5).astype(int_dtype)
 
 
-def _zeros(v: jax.Array, s: NadamScalars, g: jax.Array, elementwise: bool) -> tuple[Any, Any]:
-    """(zero for the products, per-element zero for the divisors)."""
-    int_dtype = SUPPORTED_DTYPES[np.dtype(v.dtype)]
-    if elementwise:
-        zero = (v < 0).astype(int_dtype)
-        return zero, zero
+def _zeros(g: jax.Array, s: NadamScalars) -> tuple[jax.Array, jax.Array]:
+    """The guards' run-time zero, and the same zero element by element (for the divisors).
+
+    From the sign of `v_correction` (never negative) and from the first element of the
+    gradient, so that the zero stays unknown to the compiler when the scalars are constants
+    of the trace (a step count created in the same jitted function, say) but the gradient is
+    not.
+    """
+    int_dtype = SUPPORTED_DTYPES[np.dtype(g.dtype)]
     zero = _sign_zero(s.v_correction, int_dtype)
+    if g.size:
+        zero = zero | _square_residue_zero(g[(0,) * g.ndim], int_dtype)
     return zero, _bits(g) & zero
 
 
-@functools.partial(jax.jit, static_argnames=("elementwise",))
-def _dense(x, g, m, v, s, elementwise):  # noqa: ANN001, ANN202
-    zero, element_zero = _zeros(v, s, g, elementwise)
+@jax.jit
+def _decrement(g, m, v, s):  # noqa: ANN001, ANN202
+    zero, element_zero = _zeros(g, s)
     g_prime = _divided(g, s.one_minus_prod, element_zero)
     m = _unfused(s.beta_1 * m, zero) + _unfused(s.one_minus_beta_1 * g, zero)
     m_prime = _divided(m, s.one_minus_prod1, element_zero)
     v = _unfused(s.beta_2 * v, zero) + _unfused(s.one_minus_beta_2 * (g * g), zero)
     v_prime = _divided(v, s.v_correction, element_zero)
     m_bar = _unfused(s.one_minus_mu_t * g_prime, zero) + _unfused(s.mu_t1 * m_prime, zero)
-    # A quotient feeds the subtraction: nothing to contract.
-    x = x - (s.lr * m_bar) / (jnp.sqrt(v_prime) + s.epsilon)
-    return x, m, v
+    # A quotient, so the subtraction it feeds has nothing to contract.
+    return (s.lr * m_bar) / (jnp.sqrt(v_prime) + s.epsilon), m, v
+
+
+def dense_decrement(
+    g: jax.Array, m: jax.Array, v: jax.Array, scalars: NadamScalars
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """What Keras 2's dense step subtracts from x, `lr * m_bar / (sqrt(v_hat) + epsilon)`, with
+    the new (m, v): `x - decrement` is `dense_update`'s x, and so is `x + (-decrement)` (IEEE
+    subtraction is addition of the negation, signed zeros and flushing included), which is how
+    the optax face's updates give Keras's step through `optax.apply_updates`.
+
+    Example:
+        >>> s, _ = nadam_scalars(jnp.asarray(0), jnp.asarray(1.0, "float32"))
+        >>> dense_decrement(jnp.ones(2), jnp.zeros(2), jnp.zeros(2), s)[0]
+        Array([0.00105645, 0.00105645], dtype=float32)
+    """
+    dtype = checked_dtype(jnp.result_type(g), "the gradient's dtype")
+    return _decrement(g, m, v, _scalars_in(scalars, dtype))
 
 
 def dense_update(
@@ -323,16 +352,15 @@ def dense_update(
         >>> dense_update(jnp.ones(2), jnp.ones(2), jnp.zeros(2), jnp.zeros(2), s)[1]
         Array([0.10000002, 0.10000002], dtype=float32)
     """
-    dtype = checked_dtype(jnp.result_type(x), "the variable's dtype")
-    elementwise = _is_constant_in_trace(x, scalars)
-    return _dense(x, g, m, v, _scalars_in(scalars, dtype), elementwise=elementwise)
+    checked_dtype(jnp.result_type(x), "the variable's dtype")
+    decrement, m, v = dense_decrement(g, m, v, scalars)
+    return x - decrement, m, v
 
 
-@functools.partial(jax.jit, static_argnames=("elementwise",))
-def _sparse(x, indices, values, m, v, s, elementwise):  # noqa: ANN001, ANN202
-    v_rows_in = v[indices]
-    zero, element_zero = _zeros(v_rows_in, s, values, elementwise)
+@jax.jit
+def _sparse(x, indices, values, m, v, s):  # noqa: ANN001, ANN202
     g = values
+    zero, element_zero = _zeros(g, s)
     g_prime = _divided(g, s.one_minus_prod, element_zero)
     # Keras scales the whole slot, then adds the scaled gradient into the indexed rows.
     m_decayed = m * s.beta_1
@@ -374,6 +402,4 @@ def sparse_update(
         Array([1.        , 1.        , 0.99894357], dtype=float32)
     """
     dtype = checked_dtype(jnp.result_type(x), "the variable's dtype")
-    elementwise = _is_constant_in_trace(x, scalars)
-    return _sparse(x, jnp.asarray(indices), values, m, v, _scalars_in(scalars, dtype),
-                   elementwise=elementwise)
+    return _sparse(x, jnp.asarray(indices), values, m, v, _scalars_in(scalars, dtype))
