@@ -262,6 +262,28 @@ def setup_optax(case: Case) -> Callable[[], None]:
     return step
 
 
+def setup_nadam_jax(case: Case) -> Callable[[], None]:
+    """`nadam.Nadam` (the Keras face) on `nadam.Variable`s holding JAX arrays: the step's
+    scalars on the host, the update jitted per group with the slots donated."""
+    jax = _import("jax")
+    import nadam
+
+    xs, gs = _arrays(case)
+    variables = [nadam.Variable(jax.numpy.asarray(x)) for x in xs]
+    grads = [jax.numpy.asarray(g) for g in gs]
+    del xs, gs
+    opt = nadam.Nadam(LR, BETA_1, BETA_2, EPSILON)
+    pairs = list(zip(grads, variables, strict=True))
+
+    def step() -> None:
+        opt.apply_gradients(pairs)
+        jax.block_until_ready([v.value for v in variables])
+
+    step.optimizer = opt  # type: ignore[attr-defined]
+    _to_mid_training(opt, step)
+    return step
+
+
 def _setup_tf_keras(case: Case, xla: bool) -> Callable[[], None]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     tf = _import("tensorflow")
@@ -362,6 +384,8 @@ IMPLS = {
         Impl("nadam-reference", "nadam, reference kernel", setup_nadam_reference, False),
         Impl("torch-forloop", "`torch.optim.NAdam` (for-loop)", setup_torch_forloop, True),
         Impl("torch-foreach", "`torch.optim.NAdam` (foreach)", setup_torch_foreach, True),
+        Impl("nadam-jax", "`nadam.Nadam` on JAX Variables (XLA kernel, slots donated)",
+             setup_nadam_jax, False),
         Impl("optax", "`optax.nadam` (jit, donated)", setup_optax, True),
         Impl("tf-keras", "`tf_keras` legacy Nadam (tf.function)", setup_tf_keras, True),
         Impl("tf-keras-xla", "`tf_keras` legacy Nadam (tf.function, XLA)", setup_tf_keras_xla,
@@ -407,6 +431,7 @@ FRAMEWORKS = {
     "nadam-reference": ["nadam", "numba"], "nadam-early": ["nadam", "numba"],
     "nadam-torch": ["nadam", "numba", "torch"], "torch-forloop": ["torch"],
     "torch-foreach": ["torch"], "optax": ["jax", "optax"], "tf-keras": ["tensorflow", "tf_keras"],
+    "nadam-jax": ["nadam", "jax"],
     "tf-keras-xla": ["tensorflow", "tf_keras"], "keras3-jax": ["jax", "keras"], "numpy": [],
 }
 

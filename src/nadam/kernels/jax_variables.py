@@ -50,17 +50,23 @@ _ON_THE_HOST = frozenset((np.dtype(np.float16),))
 NAME = "jax-xla"
 
 
+def _unpacked(packed: Any) -> NadamScalars:
+    # Elements of an argument: run-time values under jit, as kernels.xla's guards need.
+    return NadamScalars(*(packed[i] for i in range(len(NadamScalars._fields))))
+
+
 def _dense_group(
-    xs: list[Any], gs: list[Any], ms: list[Any], vs: list[Any], s: NadamScalars
+    xs: list[Any], gs: list[Any], ms: list[Any], vs: list[Any], packed: Any
 ) -> tuple[list[Any], list[Any], list[Any]]:
+    s = _unpacked(packed)
     results = [xla.dense_update(x, g, m, v, s) for x, g, m, v in zip(xs, gs, ms, vs, strict=True)]
     return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
 
 
 def _sparse_one(
-    x: Any, indices: Any, values: Any, m: Any, v: Any, s: NadamScalars
+    x: Any, indices: Any, values: Any, m: Any, v: Any, packed: Any
 ) -> tuple[Any, Any, Any]:
-    return xla.sparse_update(x, indices, values, m, v, s)
+    return xla.sparse_update(x, indices, values, m, v, _unpacked(packed))
 
 
 # m and v (arguments 2 and 3 of the dense call, 3 and 4 of the sparse one) are donated.
@@ -74,9 +80,10 @@ def _precision(dtype: np.dtype) -> contextlib.AbstractContextManager[Any]:
     return jax.enable_x64(True) if dtype == np.float64 else contextlib.nullcontext()
 
 
-def device_scalars(s: NadamScalars, dtype: np.dtype) -> NadamScalars:
-    """The engine's host scalars as 0-d JAX arrays of `dtype` (bits unchanged)."""
-    return NadamScalars(*(jnp.asarray(np.asarray(value, dtype=dtype)) for value in s))
+def device_scalars(s: NadamScalars, dtype: np.dtype) -> Any:
+    """The engine's host scalars packed in one JAX vector of `dtype` (bits unchanged): one
+    transfer per step instead of one per scalar."""
+    return jnp.asarray(np.array(s, dtype=dtype))
 
 
 def _donatable(arrays: Sequence[Any]) -> list[Any]:
