@@ -169,10 +169,25 @@ class Nadam(keras.optimizers.Optimizer):
             return self._learning_rate(self.iterations)
         return super()._get_current_learning_rate()
 
+    def apply(self, grads: Sequence[Any], trainable_variables: Sequence[Any] | None = None
+              ) -> None:
+        """Keras 3's `apply`, after checking every gradient against its variable: a gradient
+        of another dtype or shape is a ValueError naming the variable, raised before anything
+        changes (weight decay, accumulators, slots, counters)."""
+        variables = self._trainable_variables if trainable_variables is None else list(
+            trainable_variables)
+        if len(grads) and (trainable_variables is not None or self.built):
+            if len(grads) != len(variables):
+                raise ValueError(
+                    f"Got {len(grads)} gradients for {len(variables)} variables; pass one "
+                    "gradient (or None) per variable"
+                )
+            _check_gradients(grads, variables)
+        return super().apply(grads, trainable_variables)
+
     def _backend_update_step(
         self, grads: Sequence[Any], trainable_variables: Sequence[Any], learning_rate: Any
     ) -> None:
-        _check_gradients(grads, trainable_variables)
         if self._backend_name == "torch":
             self._engine_step(grads, trainable_variables, learning_rate)
             return
@@ -414,7 +429,11 @@ def _check_gradients(grads: Sequence[Any], variables: Sequence[Any]) -> None:
     """ValueError before anything changes if a gradient's dtype or shape is not its
     variable's (Keras 3's own Nadam casts silently; Keras 2 refused)."""
     for grad, variable in zip(grads, variables, strict=True):
+        if grad is None:  # dropped by Keras with a warning
+            continue
         values = grad.values if _is_indexed_slices(grad) else grad
+        if not hasattr(values, "dtype"):
+            continue  # a nested list: Keras converts it
         grad_dtype = keras.backend.standardize_dtype(values.dtype)
         var_dtype = _dtype_name(variable)
         name = getattr(variable, "path", None) or getattr(variable, "name", "?")
