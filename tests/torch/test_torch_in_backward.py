@@ -572,3 +572,14 @@ def test_a_process_group_of_several_ranks_gets_a_warning_about_ddp(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Nadam(params)  # stepping normally is right under DDP
+
+
+def test_parameters_sharing_memory_are_refused_at_the_first_gradient():
+    base = torch.arange(6, dtype=torch.float32)
+    first, second = torch.nn.Parameter(base[:4]), torch.nn.Parameter(base[2:])
+    opt = Nadam([first, second], in_backward=True)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\].*and "
+                                         r"param_groups\[0\]\['params'\]\[1\].*share memory"):
+        (first * 2).sum().backward()
+    assert torch.equal(base, torch.arange(6, dtype=torch.float32))
+    assert opt.iterations == 0 and opt.get_weights() == []

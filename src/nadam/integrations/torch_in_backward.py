@@ -223,7 +223,8 @@ class BackwardSteps:
                 update.m = update.v = None
             engine.copy_aliased_gradients([update], layout.index)
             key = (group, update.dtype)
-            engine.check_hypers_fit(hypers, [key])
+            if step is None or key not in step.scalars:  # once per (group, dtype) and step
+                engine.check_hypers_fit(hypers, [key])
             engine.clip([update], clipping)
             # The commit: nothing below can fail on user input.
             if step is None:
