@@ -583,3 +583,22 @@ def test_parameters_sharing_memory_are_refused_at_the_first_gradient():
         (first * 2).sum().backward()
     assert torch.equal(base, torch.arange(6, dtype=torch.float32))
     assert opt.iterations == 0 and opt.get_weights() == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_parameters_step_inside_backward_as_normally():
+    """On CUDA the hooks run on autograd's device thread; the steps are the normal ones."""
+    normal_model, model = _model().cuda(), _model().cuda()
+    normal, ours = Nadam(normal_model.parameters()), Nadam(model.parameters(), in_backward=True)
+    for step in range(1, STEPS + 1):
+        x, y = (t.cuda() for t in _batch(step))
+        normal.zero_grad()
+        for m in (normal_model, model):
+            hidden = m["trunk"](x)
+            out = m["head"](hidden)
+            if _uses_branch(step):
+                out = out + m["branch"](hidden)
+            torch.nn.functional.mse_loss(out, y).backward()
+        normal.step()
+        _assert_same(ours, model, normal, normal_model, f"step {step}")
+        assert all(p.grad is None for p in model.parameters())
