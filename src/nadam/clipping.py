@@ -100,12 +100,20 @@ def clip_by_value(backend: Any, grad: Gradient, clipvalue: float) -> Gradient:
     return _replace(grad, backend.clip(values, -c, c))
 
 
-def clip_by_norm(backend: Any, grad: Gradient, clipnorm: float) -> Gradient:
-    """Scale one gradient so its L2 norm is at most `clipnorm`: `g * c / max(norm, c)`."""
+def clip_by_norm(
+    backend: Any, grad: Gradient, clipnorm: float, square_sum: np.generic | None = None
+) -> Gradient:
+    """Scale one gradient so its L2 norm is at most `clipnorm`: `g * c / max(norm, c)`.
+
+    `square_sum`, if given, is the squares' sum of the whole tensor that `grad` is one shard
+    of (summed over the shards by the caller); otherwise it is `grad`'s own.
+    """
     dtype = _dtype_of(grad)
     values = _values(grad)
     c = tf_math.flush(dtype.type(clipnorm))
-    square_sum = dtype.type(backend.square_sum(values))  # reduce_sum(t * t), flushed
+    if square_sum is None:
+        square_sum = backend.square_sum(values)
+    square_sum = dtype.type(square_sum)  # reduce_sum(t * t), flushed
     # TensorFlow's `where(l2sum > 0, sqrt(l2sum), l2sum)`: a zero (or NaN) sum is kept as is.
     norm = np.sqrt(square_sum) if square_sum > 0 else square_sum
     divisor = np.maximum(norm, c)
@@ -123,14 +131,26 @@ def clip_by_norm(backend: Any, grad: Gradient, clipnorm: float) -> Gradient:
     return _replace(grad, _div(backend, scaled, divisor, flushing))
 
 
-def global_norm(items: Sequence[tuple[Any, Gradient]]) -> np.generic:
+def global_norm(
+    items: Sequence[tuple[Any, Gradient]],
+    half_square_sums: Sequence[np.generic | None] | None = None,
+) -> np.generic:
     """The L2 norm of all gradients together, as `tf.linalg.global_norm`:
     `sqrt(2 * reduce_sum([l2_loss(g) for g]))`, in the gradients' common dtype (float64 if
-    they are mixed, where TensorFlow would refuse to stack them)."""
+    they are mixed, where TensorFlow would refuse to stack them).
+
+    `half_square_sums[i]`, where given (not None), is the `l2_loss` of the whole tensor that
+    gradient `i` is one shard of, summed over the shards by the caller.
+    """
     dtypes = {_dtype_of(grad) for _, grad in items}
     dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float64)
+    given = half_square_sums or [None] * len(items)
     half_squares = np.array(
-        [backend.half_square_sum(_values(grad)) for backend, grad in items], dtype=dtype
+        [
+            backend.half_square_sum(_values(grad)) if total is None else total
+            for (backend, grad), total in zip(items, given, strict=True)
+        ],
+        dtype=dtype,
     )
     total = tf_reduce.reduce_sum(half_squares)
     with np.errstate(over="ignore"):  # an overflow to inf is TensorFlow's result too
@@ -138,10 +158,13 @@ def global_norm(items: Sequence[tuple[Any, Gradient]]) -> np.generic:
 
 
 def clip_by_global_norm(
-    items: Sequence[tuple[Any, Gradient]], clipnorm: float
+    items: Sequence[tuple[Any, Gradient]],
+    clipnorm: float,
+    half_square_sums: Sequence[np.generic | None] | None = None,
 ) -> list[Gradient]:
-    """Scale all gradients by `c / max(global_norm, c)` (NaN everywhere if the norm is inf)."""
-    norm = global_norm(items)
+    """Scale all gradients by `c / max(global_norm, c)` (NaN everywhere if the norm is inf);
+    `half_square_sums` as for `global_norm`."""
+    norm = global_norm(items, half_square_sums)
     dtype = norm.dtype
     c = dtype.type(clipnorm)
     one = dtype.type(1)

@@ -68,6 +68,9 @@ class Update:
     group: int = 0
     m: Any = None
     v: Any = None
+    sharding: Any = None
+    """None, or what makes `var` one shard of a larger tensor (a face's DTensor parameter):
+    `clip` then sums its norm over the shards with the face's `sum_partials`."""
 
 
 class Hypers(NamedTuple):
@@ -341,26 +344,70 @@ class VariableMemo:
 
 
 # --- stage 2: clipping -----------------------------------------------------------------------
-def clip(updates: Sequence[Update], settings: Sequence[Clipping]) -> None:
+SumPartials = Callable[[Sequence[Any], Sequence[np.generic]], list[np.generic]]
+"""`(shardings, partial_sums) -> totals`: each shard's partial sum of squares summed over all
+shards of its tensor (one collective for the whole list)."""
+
+
+def clip(
+    updates: Sequence[Update],
+    settings: Sequence[Clipping],
+    sum_partials: SumPartials | None = None,
+) -> None:
     """Clip each update's gradient by its group's `settings`: value, norm, then global norm.
 
-    The global norm is taken over all gradients whose groups share the same threshold.
+    The global norm is taken over all gradients whose groups share the same threshold. An
+    update with a `sharding` is one shard of a larger tensor: its norm is that tensor's, its
+    partial sum of squares summed over the shards by `sum_partials` (every such update of the
+    step in one call, so one collective per step).
     """
     by_threshold: dict[float, list[Update]] = {}
+    sharded: list[Update] = []
     for update in updates:
         setting = settings[update.group]
         if setting.clipvalue is not None:
             update.grad = clipping.clip_by_value(update.backend, update.grad, setting.clipvalue)
+        if update.sharding is not None and (
+            setting.clipnorm is not None or setting.global_clipnorm is not None
+        ):
+            sharded.append(update)
+    totals = _shard_square_sums(sharded, settings, sum_partials) if sharded else {}
+    for update in updates:
+        setting = settings[update.group]
         if setting.clipnorm is not None:
-            update.grad = clipping.clip_by_norm(update.backend, update.grad, setting.clipnorm)
+            update.grad = clipping.clip_by_norm(
+                update.backend, update.grad, setting.clipnorm, totals.get(id(update))
+            )
         if setting.global_clipnorm is not None:
             by_threshold.setdefault(setting.global_clipnorm, []).append(update)
     for threshold, members in by_threshold.items():
         clipped = clipping.clip_by_global_norm(
-            [(update.backend, update.grad) for update in members], threshold
+            [(update.backend, update.grad) for update in members], threshold,
+            [totals.get(id(update)) for update in members] if totals else None,
         )
         for update, grad in zip(members, clipped, strict=True):
             update.grad = grad
+
+
+def _shard_square_sums(
+    sharded: Sequence[Update], settings: Sequence[Clipping], sum_partials: SumPartials | None
+) -> dict[int, np.generic]:
+    """By `id(update)`: the whole tensor's sum of squares (clipnorm) or half of it
+    (global_clipnorm, `l2_loss`) for each sharded update, after its clipvalue."""
+    if sum_partials is None:
+        raise ValueError(
+            "Gradients of sharded variables need their norms summed across shards, but this "
+            "step was given no `sum_partials`"
+        )
+    partials = []
+    for update in sharded:
+        values = update.grad.array if type(update.grad) is DenseGrad else update.grad.values
+        if settings[update.group].clipnorm is not None:
+            partials.append(update.backend.square_sum(values))
+        else:
+            partials.append(update.backend.half_square_sum(values))
+    totals = sum_partials([update.sharding for update in sharded], partials)
+    return {id(update): total for update, total in zip(sharded, totals, strict=True)}
 
 
 def check_hypers_fit(hypers: Sequence[Hypers], keys: Iterable[tuple[int, np.dtype]]) -> None:

@@ -137,8 +137,12 @@ class Nadam(Optimizer):
     def _apply_updates(self, updates: list[engine.Update], apply_state: dict) -> None:
         for update in updates:
             if update.v is None:  # slots made by this step
-                slots = self._slots.get(update.var)
-                update.m, update.v = slots["m"], slots["v"]
+                if update.sharding is None:
+                    slots = self._slots.get(update.var)
+                    update.m, update.v = slots["m"], slots["v"]
+                else:  # a DTensor's slots are DTensors too; the engine steps the local shards
+                    slots = self._slots.get(update.sharding.whole)
+                    update.m, update.v = slots["m"]._local_tensor, slots["v"]._local_tensor
         cls = type(self)
         dense_hook = sparse_hook = None
         # A subclass's own per-variable hooks are called, as Keras does; otherwise the

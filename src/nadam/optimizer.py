@@ -283,10 +283,17 @@ class Optimizer:
         if slots is not None and slot_name in slots:
             return slots[slot_name]
         dtype = backend.dtype(var)
-        slot_shape = backend.shape(var) if shape is None else tuple(shape)
+        # A DTensor's slot is made for its local shard and laid out as the DTensor.
+        sharded = type(var).__module__.startswith("torch.distributed")
+        local = var._local_tensor if sharded else var
+        slot_shape = backend.shape(local) if shape is None else tuple(shape)
         initial = _initial_value(initializer, slot_shape, dtype, slot_name)
         var_name = getattr(var, "name", None) or "variable"
-        slot = backend.new_slot(var, f"{var_name}/{slot_name}", initial)
+        slot = backend.new_slot(local, f"{var_name}/{slot_name}", initial)
+        if sharded:
+            from nadam.backends import torch_shards
+
+            slot = torch_shards.like(var, slot)
         if slot_name not in self._slot_names:
             self._slot_names.append(slot_name)
         self._slots.add(var, slot_name, slot)
@@ -581,10 +588,13 @@ class Optimizer:
             ):
                 self._aggregate(updates)
             if self._clipping != engine.NO_CLIPPING:
-                engine.clip(updates, (self._clipping,))
+                engine.clip(updates, (self._clipping,), _sum_shard_partials)
             # The commit: nothing below can fail on user input.
             if step.needs_state or not self._weights:
-                self._create_all_weights([update.var for update in updates])
+                self._create_all_weights([
+                    update.var if update.sharding is None else update.sharding.whole
+                    for update in updates
+                ])
             apply_state = self._prepare(step.places, hypers, iterations)
             if step.constrained:
                 saved = _snapshot(updates)
@@ -665,21 +675,30 @@ class Optimizer:
                     f"{item!r}"
                 )
             grad, var = item
+            sharding = None
+            if type(var).__module__.startswith("torch.distributed"):  # a DTensor: its shard
+                backend = self._check_variable(var, position)
+                sharding, var, grad = _local_shard(var, grad)
             known = memo.recall(var)
             if known is None:
-                known = memo.learn(self._check_variable(var, position), var, variable_key(var))
+                if sharding is None:
+                    backend = self._check_variable(var, position)
+                known = memo.learn(backend, var, variable_key(var))
             known_variables.append(known)
             backend = known.backend
             if grad is None:
                 missing.append(backend.describe(var))
                 continue
             update = known.update
+            update.sharding = sharding
             update.grad = backend.gradient(grad, var)
             if known.m is None:
-                slots = self._slots.get(var)
+                slots = self._slots.get(var if sharding is None else sharding.whole)
                 if slots:
                     update.m = slots["m"] if "m" in slots else next(iter(slots.values()))
                     update.v = slots.get("v")
+                    if sharding is not None:  # the engine steps the local shards
+                        update.m, update.v = _local_slot(update.m), _local_slot(update.v)
                     engine.check_slots_fit(update, lambda b=backend, v=var: b.describe(v))
                     known.m = update.m  # they fit while `var` is unchanged
                 else:
@@ -898,9 +917,32 @@ def _takes_apply_state(hook: Callable[..., Any]) -> bool:
     return "apply_state" in inspect.signature(hook).parameters
 
 
+def _local_shard(var: Any, grad: Any) -> tuple[Any, Any, Any]:
+    """(sharding, local shard, local gradient) of a DTensor variable, whose checks passed; the
+    engine steps the shard (`nadam.backends.torch_shards`)."""
+    from nadam.backends import torch_shards
+
+    sharding = torch_shards.sharding_of(var)
+    if grad is not None:
+        grad = torch_shards.local_gradient(grad, sharding)
+    return sharding, var._local_tensor, grad
+
+
+def _local_slot(slot: Any) -> Any:
+    return slot if slot is None else slot._local_tensor
+
+
+def _sum_shard_partials(shardings: Sequence[Any], partials: Sequence[Any]) -> list[Any]:
+    from nadam.backends import torch_shards  # only sharded (torch) variables get here
+
+    return torch_shards.sum_partials(shardings, partials)
+
+
 def _all_reduce(updates: Sequence[engine.Update]) -> None:
     by_backend: dict[str, list[engine.Update]] = {}
     for update in updates:
+        if update.sharding is not None:
+            continue  # a DTensor's gradient is its own already (FSDP2 reduce-scattered it)
         by_backend.setdefault(update.backend.name, []).append(update)
     for members in by_backend.values():
         reduced = members[0].backend.all_reduce_sum([update.grad for update in members])

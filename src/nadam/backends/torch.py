@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from nadam import memory
+from nadam.backends import torch_shards
 from nadam.backends.base import DenseGrad, SparseGrad
 from nadam.backends.numpy import NUMPY_BACKEND
 from nadam.variables import IndexedSlices
@@ -262,6 +263,8 @@ class TorchBackend:
 
     def span(self, var_or_array: Any) -> tuple[int, int] | None:
         tensor = var_or_array
+        if type(tensor) not in _TENSOR_TYPES and torch_shards.is_sharded(tensor):
+            tensor = tensor._local_tensor  # a DTensor (a slot) lives where its shard does
         if not isinstance(tensor, torch.Tensor) or tensor.layout is not torch.strided:
             return None
         itemsize = tensor.element_size()
@@ -284,7 +287,11 @@ class TorchBackend:
         return array.detach().clone()
 
     def to_numpy(self, var_or_array: Any) -> np.ndarray:
-        return var_or_array.detach().to("cpu", copy=True).resolve_neg().numpy()
+        """A NumPy copy; of a DTensor, this rank's local shard."""
+        tensor = var_or_array
+        if type(tensor) not in _TENSOR_TYPES and torch_shards.is_sharded(tensor):
+            tensor = tensor._local_tensor
+        return tensor.detach().to("cpu", copy=True).resolve_neg().numpy()
 
     @staticmethod
     def _as_tensor(array: Any) -> torch.Tensor:

@@ -38,12 +38,19 @@ import numpy as np
 import torch
 
 from nadam import checkpoint, checks, engine
+from nadam.backends import torch_shards
 from nadam.backends.torch import TORCH_BACKEND
 from nadam.integrations import torch_in_backward
 
 __all__ = ["Nadam"]
 
 _SCHEDULE_KEY = "nadam"  # optimizer.state[_SCHEDULE_KEY]: iterations and momentum_cache
+_PLAIN_TENSORS = frozenset((torch.Tensor, torch.nn.Parameter))
+# In a multi-process run, state_dict() also puts a copy of the schedule in each parameter's
+# entry: tools that split a state dict by parameter (ZeroRedundancyOptimizer,
+# torch.distributed.checkpoint) keep only those entries.
+_SCHEDULE_COPY = "nadam_schedule"
+_FLOAT_BITS = {16: torch.float16, 32: torch.float32, 64: torch.float64}
 _SETTING_NAMES = (
     "lr", "betas", "eps", "schedule_decay", "decay", "clipnorm", "clipvalue", "global_clipnorm",
 )
@@ -251,13 +258,33 @@ class Nadam(torch.optim.Optimizer):
     @property
     def iterations(self) -> int:
         """How many steps have updated parameters (Keras's `iterations`)."""
+        self._adopt_installed_schedule()
         return int(self._schedule()["iterations"])
 
     @property
     def momentum_cache(self) -> float | None:
         """The running product of the momentum schedule; None before the first update."""
+        self._adopt_installed_schedule()
         cache = self._schedule().get("momentum_cache")
         return None if cache is None else float(cache)
+
+    def _adopt_installed_schedule(self) -> None:
+        """Take the schedule from the copies in parameters' entries that were written into
+        `state` without `load_state_dict` (ZeroRedundancyOptimizer's `load_state_dict` does
+        so), once they are checked to agree; then drop the copies."""
+        entries = [
+            value for key, value in self.state.items()
+            if isinstance(key, torch.Tensor) and isinstance(value, dict) and _SCHEDULE_COPY in value
+        ]
+        if not entries:
+            return
+        schedule = _loaded_schedule(_schedule_from_copies(
+            [(f"state of parameter {i}", value[_SCHEDULE_COPY]) for i, value in enumerate(entries)]
+        ))
+        for value in entries:
+            del value[_SCHEDULE_COPY]
+        self.state[_SCHEDULE_KEY] = schedule
+        self._memo.slots_changed()
 
     def _params_with_state(self) -> list[torch.Tensor]:
         """Parameters with slots in Keras's order: by creation round, then as in the groups."""
@@ -281,10 +308,12 @@ class Nadam(torch.optim.Optimizer):
         rounds = [self.state[p]["round"] for p in self._params_with_state()]
         this_round = max(rounds, default=-1) + 1
         for param in new:
-            zeros = np.zeros(tuple(param.shape), TORCH_BACKEND.dtype(param))
+            # A DTensor's slots are made for its local shard and wrapped as it is laid out.
+            local = torch_shards.local_tensor(param)
+            zeros = np.zeros(tuple(local.shape), TORCH_BACKEND.dtype(local))
             self.state[param] = {
-                "m": TORCH_BACKEND.new_slot(param, "m", zeros),
-                "v": TORCH_BACKEND.new_slot(param, "v", zeros),
+                "m": torch_shards.like(param, TORCH_BACKEND.new_slot(local, "m", zeros)),
+                "v": torch_shards.like(param, TORCH_BACKEND.new_slot(local, "v", zeros)),
                 "round": this_round,
             }
 
@@ -314,6 +343,7 @@ class Nadam(torch.optim.Optimizer):
         (`engine.VariableMemo`): its tensor checks and where its memory lies.
         """
         memo = self._memo
+        installed = False
         updates: list[engine.Update] = []
         known_params: list[engine.KnownVariable] = []
         names = []
@@ -324,16 +354,29 @@ class Nadam(torch.optim.Optimizer):
                 if grad is None:
                     continue
                 where = partial(_param_name, index, position)
+                sharding = None
+                if type(param) not in _PLAIN_TENSORS and torch_shards.is_sharded(param):
+                    # The engine steps this rank's shard (`nadam.backends.torch_shards`).
+                    _checked(where, TORCH_BACKEND.check_tensor, param)
+                    sharding = _checked(where, torch_shards.sharding_of, param)
+                    grad = _checked(where, torch_shards.local_gradient, grad, sharding)
+                    param = param._local_tensor
                 known = memo.recall(param)
                 if known is None:
                     _checked(where, TORCH_BACKEND.check_tensor, param)
                     known = memo.learn(TORCH_BACKEND, param, id(param))
                 update = known.update
                 update.group = index
+                update.sharding = sharding
                 update.grad = _checked(where, TORCH_BACKEND.gradient, grad, param)
-                slots = state.get(param)
+                slots = state.get(param if sharding is None else sharding.whole)
                 if slots and "m" in slots:
+                    if _SCHEDULE_COPY in slots:
+                        installed = True
                     update.m, update.v = slots["m"], slots["v"]
+                    if sharding is not None:
+                        update.m = torch_shards.local_tensor(update.m)
+                        update.v = torch_shards.local_tensor(update.v)
                     if known.m is not update.m:  # new slots (first step, a load): check once
                         _checked(where, engine.check_slots_fit, update,
                                  partial(TORCH_BACKEND.describe, param))
@@ -344,6 +387,8 @@ class Nadam(torch.optim.Optimizer):
                 updates.append(update)
                 known_params.append(known)
                 names.append(where)
+        if installed:
+            self._adopt_installed_schedule()
         if updates:
             index = memo.variable_index(
                 known_params, None,
@@ -402,14 +447,15 @@ class Nadam(torch.optim.Optimizer):
             if not updates:
                 return  # as torch.optim: no gradient, no step (the schedule does not advance)
             engine.check_hypers_fit(hypers, [(update.group, update.dtype) for update in updates])
-            engine.clip(updates, clip_settings)
+            engine.clip(updates, clip_settings, torch_shards.sum_partials)
             # The commit: nothing below can fail on user input.
             if any(update.m is None for update in updates):
-                self._create_state([update.var for update in updates])
+                self._create_state([_param_of(update) for update in updates])
             for update in updates:
                 if update.v is None:
-                    slots = self.state[update.var]
-                    update.m, update.v = slots["m"], slots["v"]
+                    slots = self.state[_param_of(update)]
+                    update.m = torch_shards.local_tensor(slots["m"])
+                    update.v = torch_shards.local_tensor(slots["v"])
             schedule = self._schedule()
             cache = schedule["momentum_cache"]
             context = engine.prepare(
@@ -567,6 +613,41 @@ class Nadam(torch.optim.Optimizer):
                 self._schedule()["iterations"].fill_(saved.iterations)
 
     # --- state dicts -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state dict: `state[i]` holds parameter i's `m`, `v` and `round`, and
+        `state["nadam"]` the optimizer-wide `iterations` and `momentum_cache`.
+
+        In a multi-process run (torch.distributed initialized with more than one rank), every
+        parameter's entry also carries a copy of the schedule, `state[i]["nadam_schedule"] =
+        {"iterations": 5, "momentum_cache": 0.0185, "momentum_cache_bits": 32}` (Python
+        numbers, which torch's loading never casts; the bits say the cache's dtype), so
+        that it survives tools that keep only the parameters' entries:
+        `ZeroRedundancyOptimizer.consolidate_state_dict` and torch.distributed.checkpoint.
+        With DTensor parameters (FSDP2) `state["nadam"]` is left out, as
+        `get_optimizer_state_dict` names every entry after a parameter, and `m` and `v` are
+        DTensors laid out as their parameter (saved sharded by DCP). `load_state_dict` takes
+        the schedule from `state["nadam"]` when present, else from the copies (which must
+        agree).
+        """
+        state_dict = super().state_dict()
+        if not _multi_process():
+            return state_dict
+        schedule = self._schedule()
+        cache = schedule.get("momentum_cache")
+        state = state_dict["state"]
+        if cache is not None:
+            copy = {
+                "iterations": int(schedule["iterations"]),
+                "momentum_cache": float(cache),
+                "momentum_cache_bits": cache.dtype.itemsize * 8,
+            }
+            for key, value in list(state.items()):
+                if key != _SCHEDULE_KEY and isinstance(value, dict) and "m" in value:
+                    state[key] = {**value, _SCHEDULE_COPY: dict(copy)}
+        if any(torch_shards.is_sharded(p) for g in self.param_groups for p in g["params"]):
+            state.pop(_SCHEDULE_KEY, None)
+        return state_dict
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch.optim's `load_state_dict` (hooks included), with the loaded state checked first.
 
@@ -750,8 +831,13 @@ def _loaded_state(
     params = {id(p): p for group in param_groups for p in group["params"]}
     loaded: defaultdict[Any, Any] = defaultdict(dict)
     with_slots = []
+    copies = []
     for key, value in state.items():
         if isinstance(key, torch.Tensor) and id(key) in params:
+            if isinstance(value, dict) and _SCHEDULE_COPY in value:
+                copies.append((f"loaded state for parameter {TORCH_BACKEND.describe(key)}",
+                               value[_SCHEDULE_COPY]))
+                value = {k: v for k, v in value.items() if k != _SCHEDULE_COPY}
             loaded[key] = _loaded_slots(key, value)
             if loaded[key]:
                 with_slots.append(key)
@@ -759,6 +845,8 @@ def _loaded_state(
             loaded[key] = _loaded_schedule(value)
         else:
             loaded[key] = value  # torch.optim keeps entries that are not about a parameter
+    if copies and _SCHEDULE_KEY not in loaded:  # state["nadam"], when there, wins
+        loaded[_SCHEDULE_KEY] = _loaded_schedule(_schedule_from_copies(copies))
     schedule = loaded.get(_SCHEDULE_KEY, {})
     if with_slots and "momentum_cache" not in schedule:
         raise ValueError(
@@ -772,6 +860,40 @@ def _loaded_state(
             "would silently restart at 1"
         )
     return loaded
+
+
+def _multi_process() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _schedule_from_copies(copies: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """`state["nadam"]` rebuilt from the copies in parameters' entries (`state_dict`), which
+    must all be equal; ValueError naming two that differ, or one that is malformed."""
+    first_where, first = copies[0]
+    for where, copy in copies:
+        if (
+            not isinstance(copy, dict)
+            or set(copy) != {"iterations", "momentum_cache", "momentum_cache_bits"}
+            or copy["momentum_cache_bits"] not in _FLOAT_BITS
+            or isinstance(copy["momentum_cache"], bool)
+            or not isinstance(copy["momentum_cache"], numbers.Real)
+        ):
+            raise ValueError(
+                f"{where} has '{_SCHEDULE_COPY}' {copy!r}; expected a dict with 'iterations' "
+                "(an int), 'momentum_cache' (a float) and 'momentum_cache_bits' (16, 32 or 64)"
+            )
+        if copy != first:
+            raise ValueError(
+                f"{where} has '{_SCHEDULE_COPY}' {copy!r} but {first_where} has {first!r}: the "
+                "schedule is one per optimizer, so every copy must be the same"
+            )
+    return {
+        "iterations": first["iterations"],
+        "momentum_cache": torch.tensor(
+            float(first["momentum_cache"]), dtype=_FLOAT_BITS[first["momentum_cache_bits"]]
+        ),
+    }
 
 
 def _loaded_schedule(value: Any) -> dict[str, Any]:
@@ -846,8 +968,18 @@ def _loaded_slots(param: torch.Tensor, value: Any) -> dict[str, Any]:
                 f"{where} has {name} of shape {shape}, but the parameter has shape "
                 f"{tuple(param.shape)}"
             )
+        if torch_shards.is_sharded(param) and not torch_shards.same_layout(param, tensor):
+            raise ValueError(
+                f"{where} has {name} that is not a DTensor laid out as the parameter (its "
+                f"mesh, placements and local shard shape {tuple(param._local_tensor.shape)})"
+            )
         slots[name] = tensor.detach().clone(memory_format=torch.contiguous_format)
     return slots
+
+
+def _param_of(update: engine.Update) -> torch.Tensor:
+    """The parameter an update steps: its variable, or the DTensor it is the local shard of."""
+    return update.var if update.sharding is None else update.sharding.whole
 
 
 def _checked(where: str | Callable[[], str], check: Callable[..., Any], *args: Any) -> Any:
