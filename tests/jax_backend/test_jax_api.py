@@ -202,3 +202,43 @@ def test_the_jax_kernel_runs_and_the_fast_path_registry_names_it():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no truncation or donation warnings from JAX
         Nadam().apply_gradients([(jnp.ones(3), w)])
+
+
+SHARDED = """
+    import json, os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    import nadam
+    sharding = NamedSharding(Mesh(np.array(jax.devices()[:2]), ("d",)), PartitionSpec("d"))
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal((8, 3)).astype(np.float32)
+    sharded = nadam.Variable(jax.device_put(jnp.asarray(start), sharding))
+    plain = nadam.Variable(jnp.asarray(start))
+    on_mesh, on_one = nadam.Nadam(clipnorm=1.0), nadam.Nadam(clipnorm=1.0)
+    for step in range(12):
+        g = rng.standard_normal((8, 3)).astype(np.float32)
+        if step % 3 == 2:
+            rows = rng.integers(0, 8, size=5)
+            on_mesh.apply_gradients([(nadam.IndexedSlices(jnp.asarray(g[:5]), rows), sharded)])
+            on_one.apply_gradients([(nadam.IndexedSlices(jnp.asarray(g[:5]), rows), plain)])
+        else:
+            on_mesh.apply_gradients([(jax.device_put(jnp.asarray(g), sharding), sharded)])
+            on_one.apply_gradients([(jnp.asarray(g), plain)])
+    same = all(np.array_equal(a, b) for a, b in zip(on_mesh.get_weights(), on_one.get_weights()))
+    print(json.dumps({
+        "equal": bool(np.array_equal(sharded.numpy(), plain.numpy())) and same,
+        "devices": [len(sharded.value.devices()),
+                    len(on_mesh.get_slot(sharded, "v").value.devices())],
+        "kept": sharded.value.sharding == sharding,
+    }))
+"""
+
+
+def test_a_sharded_variable_steps_as_an_unsharded_one_and_stays_sharded():
+    # Own process: the two CPU devices need XLA_FLAGS before JAX starts.
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(SHARDED)], capture_output=True,
+                          text=True, timeout=180, env={"PYTHONPATH": str(SRC), "PATH": ""},
+                          check=True)
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report == {"equal": True, "devices": [2, 2], "kept": True}
