@@ -309,33 +309,74 @@ def setup_tf_keras_xla(case: Case) -> Callable[[], None]:
     return _setup_tf_keras(case, xla=True)
 
 
-def setup_keras3_jax(case: Case) -> Callable[[], None]:
-    os.environ["KERAS_BACKEND"] = "jax"
-    jax = _import("jax")
+def _setup_keras3(case: Case, backend: str, ours: bool) -> Callable[[], None]:
+    """One step of Keras 3's Nadam, or of ours (`nadam.keras.Nadam`), on a Keras backend: JAX
+    through `stateless_apply` under `jax.jit` (buffers donated), TensorFlow through `apply`
+    in a `tf.function`, torch through `apply` (eager, as Keras runs it)."""
+    os.environ["KERAS_BACKEND"] = backend
     keras = _import("keras")
-    if keras.backend.backend() != "jax":
-        raise Skip(f"Keras 3 runs on {keras.backend.backend()}, not jax")
+    if keras.backend.backend() != backend:
+        raise Skip(f"Keras 3 runs on {keras.backend.backend()}, not {backend}")
     xs, gs = _arrays(case)
     variables = [keras.Variable(x) for x in xs]
-    opt = keras.optimizers.Nadam(LR, BETA_1, BETA_2, EPSILON)
+    if ours:
+        from nadam.keras import Nadam
+
+        opt = Nadam(LR, BETA_1, BETA_2, EPSILON)
+    else:
+        opt = keras.optimizers.Nadam(LR, BETA_1, BETA_2, EPSILON)
     opt.build(variables)
-    grads = [jax.numpy.asarray(g) for g in gs]
+    grads = [keras.ops.convert_to_tensor(g) for g in gs]
     del xs, gs
-    box = {
-        "params": [v.value for v in variables],
-        "state": [v.value for v in opt.variables],
-    }
+    if backend == "jax":
+        jax = _import("jax")
+        box = {"params": [v.value for v in variables], "state": [v.value for v in opt.variables]}
 
-    def update(params: Any, state: Any, grads: Any) -> Any:
-        return opt.stateless_apply(state, grads, params)
+        def update(params: Any, state: Any, grads: Any) -> Any:
+            return opt.stateless_apply(state, grads, params)
 
-    update = jax.jit(update, donate_argnums=(0, 1))
+        update = jax.jit(update, donate_argnums=(0, 1))
 
-    def step() -> None:
-        box["params"], box["state"] = update(box["params"], box["state"], grads)
-        jax.block_until_ready(box["params"])
+        def step() -> None:
+            box["params"], box["state"] = update(box["params"], box["state"], grads)
+            jax.block_until_ready(box["params"])
 
-    return step
+        return step
+    if backend == "tensorflow":
+        tf = _import("tensorflow")
+        return tf.function(lambda: opt.apply(grads, variables))
+    return lambda: opt.apply(grads, variables)
+
+
+def setup_keras3_jax(case: Case) -> Callable[[], None]:
+    return _setup_keras3(case, "jax", ours=False)
+
+
+def setup_keras3_torch(case: Case) -> Callable[[], None]:
+    return _setup_keras3(case, "torch", ours=False)
+
+
+def setup_keras3_tf(case: Case) -> Callable[[], None]:
+    return _setup_keras3(case, "tensorflow", ours=False)
+
+
+def setup_nadam_keras3_jax(case: Case) -> Callable[[], None]:
+    return _setup_keras3(case, "jax", ours=True)
+
+
+def setup_nadam_keras3_torch(case: Case) -> Callable[[], None]:
+    return _setup_keras3(case, "torch", ours=True)
+
+
+def setup_nadam_keras3_tf(case: Case) -> Callable[[], None]:
+    return _setup_keras3(case, "tensorflow", ours=True)
+
+
+# The Keras 3 implementations, by the backend each worker must select before importing Keras.
+KERAS3_BACKENDS = {
+    "keras3-jax": "jax", "keras3-torch": "torch", "keras3-tf": "tensorflow",
+    "nadam-keras3-jax": "jax", "nadam-keras3-torch": "torch", "nadam-keras3-tf": "tensorflow",
+}
 
 
 def setup_numpy(case: Case) -> Callable[[], None]:
@@ -391,6 +432,15 @@ IMPLS = {
         Impl("tf-keras-xla", "`tf_keras` legacy Nadam (tf.function, XLA)", setup_tf_keras_xla,
              True),
         Impl("keras3-jax", "Keras 3 Nadam (jax, jit, donated)", setup_keras3_jax, True),
+        Impl("keras3-torch", "Keras 3 Nadam (torch, apply)", setup_keras3_torch, True),
+        Impl("keras3-tf", "Keras 3 Nadam (tensorflow, apply in tf.function)", setup_keras3_tf,
+             True),
+        Impl("nadam-keras3-jax", "`nadam.keras.Nadam` (jax, jit, donated)",
+             setup_nadam_keras3_jax, False),
+        Impl("nadam-keras3-torch", "`nadam.keras.Nadam` (torch, apply)",
+             setup_nadam_keras3_torch, False),
+        Impl("nadam-keras3-tf", "`nadam.keras.Nadam` (tensorflow, apply in tf.function)",
+             setup_nadam_keras3_tf, False),
         Impl("numpy", "plain NumPy, in place", setup_numpy, True),
     ]
 }
@@ -433,6 +483,10 @@ FRAMEWORKS = {
     "torch-foreach": ["torch"], "optax": ["jax", "optax"], "tf-keras": ["tensorflow", "tf_keras"],
     "nadam-jax": ["nadam", "jax"],
     "tf-keras-xla": ["tensorflow", "tf_keras"], "keras3-jax": ["jax", "keras"], "numpy": [],
+    "keras3-torch": ["torch", "keras"], "keras3-tf": ["tensorflow", "keras"],
+    "nadam-keras3-jax": ["nadam", "jax", "keras"],
+    "nadam-keras3-torch": ["nadam", "numba", "torch", "keras"],
+    "nadam-keras3-tf": ["nadam", "tensorflow", "keras"],
 }
 
 
@@ -453,8 +507,8 @@ def time_steps(step: Callable[[], None], warmup: int, steps: int) -> list[float]
 
 
 def worker(impl_key: str, case: Case, memory: bool) -> dict[str, Any]:
-    if impl_key == "keras3-jax":
-        os.environ["KERAS_BACKEND"] = "jax"
+    if impl_key in KERAS3_BACKENDS:
+        os.environ["KERAS_BACKEND"] = KERAS3_BACKENDS[impl_key]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         for module in FRAMEWORKS[impl_key]:
