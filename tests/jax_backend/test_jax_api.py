@@ -242,3 +242,14 @@ def test_a_sharded_variable_steps_as_an_unsharded_one_and_stays_sharded():
                           check=True)
     report = json.loads(done.stdout.splitlines()[-1])
     assert report == {"equal": True, "devices": [2, 2], "kept": True}
+
+
+def test_the_readme_example_runs_as_printed():
+    readme = (SRC.parent / "README.md").read_text()
+    section = readme.split("### The Keras face on JAX arrays", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    opt, w = namespace["opt"], namespace["w"]
+    assert int(opt.iterations.numpy()) == 2 and isinstance(w.value, jax.Array)
+    assert float(w.numpy().min()) > 0  # both steps moved every weight towards y
