@@ -1,9 +1,9 @@
 """`Variable`, a mutable holder for an array, and `IndexedSlices`, a sparse row gradient.
 
 NumPy arrays are updated in place so that views and fused kernels see one buffer. An immutable
-array (JAX's) can be held and assigned (`assign` swaps it), but no optimizer trains it yet: no
-backend owns JAX arrays. Either way the `Variable` object is the identity the optimizer keys its
-slots on.
+array (JAX's) is swapped instead: `assign` and the optimizer's steps (`nadam.backends.jax`) give
+the variable a new array. Either way the `Variable` object is the identity the optimizer keys
+its slots on.
 """
 
 from __future__ import annotations
