@@ -36,6 +36,10 @@ tests/torch/test_torch_in_backward.py):
   several threads are each a step of their own, their parameters' updates interleaved.
 - `global_clipnorm` needs every gradient at once: a ValueError at construction (or when a group
   with it is added). `clipnorm` and `clipvalue` are per tensor and work.
+- DTensor (FSDP2) parameters are a TypeError: FSDP2 sets their sharded gradients outside
+  autograd's accumulation, where no hook fires. Under DistributedDataParallel the hooks would
+  step each rank's own gradient before DDP averages them, so constructing the optimizer while a
+  process group of several ranks runs gives a RuntimeWarning.
 - Activation checkpointing without reentrancy (`use_reentrant=False`) is one backward; the
   reentrant kind runs a backward inside the backward, which is a step of its own.
 - `step()` updates nothing (it runs the closure, if given, and returns its loss, so a closure
