@@ -207,8 +207,8 @@ def test_sparse_update_matches_the_reference(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_scalars_fixed_at_trace_time_still_give_the_exact_step(dtype):
-    # NumPy scalars closed over by a jitted function are compile-time constants: the guards
-    # then take their zero from the elements instead of folding away.
+    # NumPy scalars closed over by a jitted function are compile-time constants: the guards'
+    # zero then comes from the gradient alone, and must not fold away.
     rng = np.random.default_rng(13)
     x, m, v = random_state(rng, (100_000,), dtype)
     g = wide_values(rng, (100_000,), dtype)
@@ -267,6 +267,27 @@ def test_the_guards_are_what_makes_step_one_exact():
     with guards_removed():
         unguarded = np.asarray(jax.jit(step)(0, x, g))
     assert (unguarded != expected).sum() > 1000, "XLA no longer rewrites: revisit the guards"
+
+
+def test_float16_matches_the_reference():
+    # TensorFlow computes float16 op by op through float32, rounding each result to float16;
+    # XLA:CPU keeps each op's rounding here too.
+    rng = np.random.default_rng(16)
+    d = np.dtype("float16")
+    x, m, v = rng.standard_normal(3000).astype(d), np.zeros(3000, d), np.zeros(3000, d)
+    jx, jm, jv, jcache, cache = x, m, v, jnp.asarray(1.0, d), d.type(1.0)
+    step = jax.jit(
+        lambda it, c, x, g, m, v: (lambda sc: (xla.dense_update(x, g, m, v, sc[0]), sc[1]))(
+            xla.nadam_scalars(it, c, 0.01, dtype=d)
+        )
+    )
+    for it in range(200):
+        g = (rng.standard_normal(3000) * 10.0 ** rng.integers(-6, 2, 3000)).astype(d)
+        s, cache = step_scalars.nadam_scalars(d, it, cache, 0.01)
+        x, m, v = reference.dense_step(x, g, m, v, s, np.sqrt)
+        (jx, jm, jv), jcache = step(jnp.asarray(it), jcache, jx, g, jm, jv)
+        for a, b, name in zip((jx, jm, jv, jcache), (x, m, v, cache), "xmvc", strict=True):
+            assert_same_bits(a, b, f"{name} at step {it + 1}")
 
 
 @pytest.mark.parametrize("bad", ["bfloat16", "int32", "complex64", "bool"])

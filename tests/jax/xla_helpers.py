@@ -59,3 +59,16 @@ def guards_removed() -> Iterator[None]:
     finally:
         xla._GUARDS_ENABLED = True
         jax.clear_caches()
+
+
+@contextlib.contextmanager
+def global_x64() -> Iterator[None]:
+    """JAX's 64-bit mode process-wide for the block, restored after. Needed where JAX works
+    on other threads (a `pure_callback`'s results are checked there), which the thread-local
+    `jax.enable_x64` does not reach."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
