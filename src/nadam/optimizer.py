@@ -361,6 +361,13 @@ class Optimizer:
         ``"momentum_cache"`` (the weight of that name); any other weight is
         ``"weight/<position>"``.
         """
+        for weight in self._weights:
+            if type(weight).__module__.startswith("torch.distributed"):
+                raise TypeError(
+                    "set_weights, save_state and load_state work on whole tensors, but this "
+                    "optimizer's state holds DTensor shards (its variables are sharded, e.g. "
+                    "by FSDP2); get_weights() returns this rank's shards"
+                )
         owners = {
             id(slot): (var, slot_name)
             for var, slots in self._slots.items()

@@ -514,6 +514,7 @@ class Nadam(torch.optim.Optimizer):
         values no run can produce (`iterations` a whole number in [0, 2**63 - 1],
         `momentum_cache` a number in [0, 1]; SPEC 4.8).
         """
+        self._refuse_sharded("set_weights")
         with engine.exclusive_step(self._step_lock):
             entries, _ = self._keras_entries()
             targets = [tensor for _, tensor in entries]
@@ -553,6 +554,19 @@ class Nadam(torch.optim.Optimizer):
         specs += [(tuple(p.shape), TORCH_BACKEND.dtype(p)) for p in params] * 2
         return _layout(names, specs, params, self._param_names()), params
 
+    def _refuse_sharded(self, what: str) -> None:
+        """TypeError if a parameter is a DTensor: Keras's weight lists and our checkpoint files
+        hold whole tensors, a rank only its shards."""
+        for group in self.param_groups:
+            for param in group["params"]:
+                if torch_shards.is_sharded(param):
+                    raise TypeError(
+                        f"{what} works on whole tensors, but {TORCH_BACKEND.describe(param)} "
+                        "is a DTensor (sharded, e.g. by FSDP2): save and load this optimizer "
+                        "with torch.distributed.checkpoint through state_dict() "
+                        "(get_optimizer_state_dict / set_optimizer_state_dict)"
+                    )
+
     def _param_names(self) -> dict[int, str]:
         """Parameter names where the groups have them (`named_parameters()` given to torch)."""
         names = {}
@@ -570,6 +584,7 @@ class Nadam(torch.optim.Optimizer):
         of it. Atomic: a crash mid-save leaves the previous file at `path` intact. The file
         loads into `nadam.Nadam` too (same shapes and dtypes, same order).
         """
+        self._refuse_sharded("save_state")
         with self._step_lock:  # one consistent state, never half of a step
             layout, tensors = self._checkpoint_layout()
             arrays = [TORCH_BACKEND.to_numpy(t) for t in tensors]
@@ -597,6 +612,7 @@ class Nadam(torch.optim.Optimizer):
         error (ValueError, or FileNotFoundError) the optimizer is unchanged. Hyperparameters
         (the param groups' settings) are not loaded.
         """
+        self._refuse_sharded("load_state")
         saved = checkpoint.read(path)
         with engine.exclusive_step(self._step_lock):
             layout, targets = self._checkpoint_layout()

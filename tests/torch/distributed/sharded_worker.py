@@ -205,6 +205,92 @@ def _dcp_run(rank: int, out: Path) -> None:
                 allow_pickle=True)
 
 
+def _error_checks(rank: int, mesh: object, out: Path) -> None:
+    """Bad input on DTensor parameters: which error each case raises, and whether the
+    parameter, its slots and the schedule are exactly as before (saved as JSON)."""
+    import json
+
+    from torch.distributed.tensor import DTensor, Partial
+
+    results: dict[str, list[object]] = {}
+
+    def snapshot(params: list[torch.Tensor], opt: object) -> list[np.ndarray]:
+        arrays = [p._local_tensor.numpy().copy() for p in params]
+        if isinstance(opt, nadam.torch.Nadam):
+            arrays += [opt.state[p][k]._local_tensor.numpy().copy()
+                       for p in params if p in opt.state for k in ("m", "v")]
+            arrays += [np.asarray(opt.iterations), np.asarray(opt.momentum_cache)]
+        else:
+            arrays += [w.copy() for w in opt.get_weights()]
+        return arrays
+
+    def case(name: str, params: list[torch.Tensor], opt: object, action: object) -> None:
+        before = snapshot(params, opt)
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001 - the type is what the test checks
+            after = snapshot(params, opt)
+            same = len(before) == len(after) and all(
+                np.array_equal(a, b) for a, b in zip(before, after, strict=True)
+            )
+            results[name] = [type(error).__name__, str(error), same]
+        else:
+            results[name] = ["no error", "", False]
+
+    def trained(face: str) -> tuple[list[torch.Tensor], object]:
+        params = [_distributed(initial_arrays()[0], mesh, "shard0", True)]
+        grads = [_distributed(gradients(0)[0], mesh, "shard0", False)]
+        if face == "torch":
+            opt = nadam.torch.Nadam(params, lr=LR)
+            params[0].grad = grads[0]
+            opt.step()
+        else:
+            opt = nadam.Nadam(learning_rate=LR)
+            opt.apply_gradients(zip(grads, params, strict=True))
+        return params, opt
+
+    params, opt = trained("torch")
+    replicated = _distributed(gradients(1)[0], mesh, "replicate", False)
+
+    def wrong_placement() -> None:
+        params[0].grad = replicated
+        opt.step()
+
+    case("torch: gradient placed otherwise", params, opt, wrong_placement)
+    params[0].grad = None
+    state_dict = opt.state_dict()
+    broken = {**state_dict, "state": {
+        0: {**state_dict["state"][0], "m": state_dict["state"][0]["m"].full_tensor()}
+    }}
+    case("torch: load a plain m", params, opt, lambda: opt.load_state_dict(broken))
+    case("torch: set_weights", params, opt, lambda: opt.set_weights(opt.get_weights()))
+    case("torch: save_state", params, opt, lambda: opt.save_state(out / "never.safetensors"))
+
+    partial = torch.nn.Parameter(DTensor.from_local(torch.ones(2), mesh, [Partial()]))
+    partial_opt = nadam.torch.Nadam([partial], lr=LR)
+
+    def partial_step() -> None:
+        partial.grad = DTensor.from_local(torch.ones(2), mesh, [Partial()])
+        partial_opt.step()
+
+    before = partial._local_tensor.clone()
+    try:
+        partial_step()
+        results["torch: Partial placement"] = ["no error", "", False]
+    except Exception as error:  # noqa: BLE001
+        same = torch.equal(before, partial._local_tensor) and not partial_opt.state
+        results["torch: Partial placement"] = [type(error).__name__, str(error), same]
+
+    params, opt = trained("keras")
+    plain = torch.from_numpy(gradients(1)[0])
+    case("keras: plain gradient", params, opt,
+         lambda: opt.apply_gradients([(plain, params[0])]))
+    case("keras: gradient placed otherwise", params, opt,
+         lambda: opt.apply_gradients([(replicated, params[0])]))
+    case("keras: set_weights", params, opt, lambda: opt.set_weights(opt.get_weights()))
+    (out / f"errors_rank{rank}.json").write_text(json.dumps(results))
+
+
 def _fsdp_state(model: torch.nn.Module, opt: nadam.torch.Nadam) -> list[np.ndarray]:
     params = list(model.parameters())
     return (
@@ -212,6 +298,29 @@ def _fsdp_state(model: torch.nn.Module, opt: nadam.torch.Nadam) -> list[np.ndarr
         + [_full(opt.state[p][slot]) for slot in ("m", "v") for p in params]
         + [np.asarray(opt.iterations), np.asarray(opt.momentum_cache, np.float32)]
     )
+
+
+def _mesh_2d_runs(rank: int, world_size: int, out: Path) -> None:
+    """global_clipnorm on 2-D meshes spanning the world: (world, 1) with every tensor
+    replicated along dim 0 (each rank holds it whole, only one copy counts towards the norm)
+    and (1, world) with it sharded along dim 1."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    for name, shape in (("replicated", (world_size, 1)), ("sharded", (1, world_size))):
+        mesh = init_device_mesh("cpu", shape)
+
+        def laid_out(array: np.ndarray, mesh: object = mesh) -> torch.Tensor:
+            return distribute_tensor(torch.from_numpy(array.copy()), mesh,
+                                     [Replicate(), Shard(0)], src_data_rank=None)
+
+        params = [torch.nn.Parameter(laid_out(a)) for a in initial_arrays()]
+        opt = nadam.torch.Nadam(params, lr=LR, **CLIPS["global_clipnorm"])
+        for step in range(STEPS):
+            for param, grad in zip(params, gradients(step), strict=True):
+                param.grad = laid_out(grad)
+            opt.step()
+        np.savez(out / f"mesh2d_{name}_rank{rank}.npz", *[_full(p) for p in params])
 
 
 def _init(rank: int, world_size: int, port: int) -> None:
@@ -237,6 +346,8 @@ def run(rank: int, world_size: int, port: int, out_dir: str) -> None:
         _fsdp_runs(rank, out)
         if world_size == 2:
             _dcp_run(rank, out)
+            _mesh_2d_runs(rank, world_size, out)
+            _error_checks(rank, mesh, out)
         dist.barrier()  # every rank is done communicating before any tears down
     finally:
         dist.destroy_process_group()

@@ -56,10 +56,18 @@ def worlds(tmp_path_factory) -> dict[int, Path]:
     """World size -> where its ranks saved their results, each world run once on demand."""
     done: dict[int, Path] = {}
 
+    failed: dict[int, str] = {}
+
     def run(world: int) -> Path:
+        if world in failed:  # one failed run fails every test that reads it, once
+            pytest.fail(failed[world])
         if world not in done:
             out = tmp_path_factory.mktemp(f"sharded{world}")
-            spawn(worker.run, world, (world, _free_port(), str(out)))
+            try:
+                spawn(worker.run, world, (world, _free_port(), str(out)))
+            except BaseException as error:
+                failed[world] = f"the {world}-rank run failed: {error}"
+                raise
             done[world] = out
         return done[world]
 
@@ -199,3 +207,39 @@ def test_dcp_sharded_save_resumes_bit_identically_in_a_fresh_model(worlds):
     chunks = dict(np.load(out / "dcp_chunks.npy", allow_pickle=True).tolist())
     assert chunks["optim.state.0.weight.m"] == world
     assert chunks["optim.state.0.weight.v"] == world
+
+
+@pytest.mark.parametrize("mesh", ["replicated", "sharded"])
+def test_global_clipnorm_on_2d_meshes_counts_every_element_once(worlds, mesh):
+    world = 2
+    out = worlds(world)
+    expected = _one_process("torch", worker.CLIPS["global_clipnorm"])[: len(worker.LAYOUT)]
+    for rank in range(world):
+        got = _load(out / f"mesh2d_{mesh}_rank{rank}.npz")
+        _assert_close(got, expected, f"{mesh} 2-D mesh, rank {rank}")
+
+
+ERRORS = {
+    "torch: gradient placed otherwise": ("ValueError", r"has placements \(Replicate\(\),\)"),
+    "torch: load a plain m": ("ValueError", r"has m that is not a DTensor laid out as"),
+    "torch: set_weights": ("TypeError", r"set_weights works on whole tensors.*DTensor"),
+    "torch: save_state": ("TypeError", r"save_state works on whole tensors.*checkpoint"),
+    "torch: Partial placement": ("ValueError", r"placement Partial\(sum\) on mesh dim 0"),
+    "keras: plain gradient": ("TypeError", r"is a Tensor; it must be a DTensor"),
+    "keras: gradient placed otherwise": ("ValueError", r"has placements \(Replicate\(\),\)"),
+    "keras: set_weights": ("TypeError", r"state holds DTensor shards"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
+def test_bad_input_on_dtensors_raises_and_changes_nothing(worlds, case):
+    import json
+    import re
+
+    out = worlds(2)
+    for rank in range(2):
+        kind, message, unchanged = json.loads((out / f"errors_rank{rank}.json").read_text())[case]
+        expected_kind, pattern = ERRORS[case]
+        assert kind == expected_kind, f"rank {rank}: {kind}: {message}"
+        assert re.search(pattern, message), f"rank {rank}: {message}"
+        assert unchanged, f"rank {rank}: the parameter, its slots or the schedule changed"
