@@ -53,7 +53,11 @@ def gradients(data: dict, step: int, count: int) -> list:
 
 
 def optimizer_for(case: dict) -> Nadam:
-    opt = Nadam(**case["hypers"], **case.get("kwargs", {}))
+    hypers = dict(case["hypers"])
+    if isinstance(hypers.get("learning_rate"), dict):  # a serialized schedule
+        hypers["learning_rate"] = keras.optimizers.schedules.deserialize(
+            hypers["learning_rate"])
+    opt = Nadam(**hypers, **case.get("kwargs", {}))
     if case.get("exclude_names"):
         opt.exclude_from_weight_decay(var_names=case["exclude_names"])
     return opt

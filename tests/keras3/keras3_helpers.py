@@ -89,12 +89,16 @@ def oracle(
     arrays: dict[str, np.ndarray], hypers: dict[str, float], steps: int,
     before_step: Callable[[list[tf.Variable], int], None] | None = None,
     grads_of: Callable[[int, list[Any]], list[Any]] | None = None,
+    schedule: Callable[[Any], Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """The Keras 2 oracle over the case's gradients: variables after each step, then slots and
     the momentum cache. `before_step` may change the variables first (decoupled weight
-    decay); `grads_of` may transform the step's gradients."""
+    decay); `grads_of` may transform the step's gradients. A `schedule` (Keras 2's Nadam
+    refuses `LearningRateSchedule`s) becomes a learning-rate callable of its step count."""
     count = sum(1 for key in arrays if key.startswith("x_"))
     xs = [tf.Variable(arrays[f"x_{i}"]) for i in range(count)]
+    if schedule is not None:
+        hypers = {**hypers, "learning_rate": lambda: schedule(keras2.iterations)}
     keras2 = tf_keras.optimizers.legacy.Nadam(**hypers)
     record: dict[str, np.ndarray] = {}
     for step in range(steps):
