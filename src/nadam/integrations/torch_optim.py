@@ -491,6 +491,7 @@ class Nadam(torch.optim.Optimizer):
     def _keras_entries(self) -> tuple[list[tuple[str, torch.Tensor]], list[torch.Tensor]]:
         """The state in Keras's order, each tensor with its checkpoint name
         (`nadam.checkpoint`), and the parameters with slots in the order they are numbered."""
+        self._adopt_installed_schedule()
         schedule = self._schedule()
         if "momentum_cache" not in schedule:
             return [], []
