@@ -602,3 +602,27 @@ def test_cuda_parameters_step_inside_backward_as_normally():
         normal.step()
         _assert_same(ours, model, normal, normal_model, f"step {step}")
         assert all(p.grad is None for p in model.parameters())
+
+
+def test_many_failed_backwards_each_commit_one_step_and_are_forgotten():
+    """A backward that raises never runs its end-of-backward callback: its record is dropped
+    once 64 are kept (its graph task never comes back), and each one was exactly one step."""
+    model = _model()
+    opt = Nadam(model.parameters(), in_backward=True)
+    for step in range(70):
+        x, y = _batch(step)
+        hidden = model["trunk"](x)
+        hidden.register_hook(lambda g: (_ for _ in ()).throw(RuntimeError("stop")))
+        with pytest.raises(RuntimeError, match="stop"):
+            torch.nn.functional.mse_loss(model["head"](hidden), y).backward()
+    assert opt.iterations == 70
+    assert len(opt._nadam_in_backward._open) == 64
+    _loss(model, 1).backward()  # then an ordinary backward: kept (the oldest dropped), closed
+    assert opt.iterations == 71 and len(opt._nadam_in_backward._open) == 63
+    # The momentum cache advanced once per backward: as 71 normal steps advance it.
+    w = torch.nn.Parameter(torch.zeros(2))
+    reference = Nadam([w])
+    for _ in range(71):
+        w.grad = torch.ones(2)
+        reference.step()
+    assert_all_bit_equal(opt.get_weights()[:2], reference.get_weights()[:2], "schedule")
