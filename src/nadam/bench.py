@@ -240,10 +240,24 @@ def setup_torch_foreach(case: Case) -> Callable[[], None]:
 
 
 def setup_optax(case: Case) -> Callable[[], None]:
+    optax = _import("optax")
+    return _setup_optax_transformation(case, optax.nadam(LR, b1=BETA_1, b2=BETA_2, eps=EPSILON))
+
+
+def setup_nadam_optax(case: Case) -> Callable[[], None]:
+    """`nadam.optax.nadam`: Keras 2's step as an optax transformation (exact under jit)."""
+    _import("optax")
+    from nadam.optax import nadam as nadam_optax
+
+    return _setup_optax_transformation(case, nadam_optax(LR, b1=BETA_1, b2=BETA_2, eps=EPSILON))
+
+
+def _setup_optax_transformation(case: Case, tx: Any) -> Callable[[], None]:
+    """A training step with optax transformation `tx`: update, apply_updates, jitted, with
+    the parameters and the state donated."""
     jax = _import("jax")
     optax = _import("optax")
     xs, gs = _arrays(case)
-    tx = optax.nadam(LR, b1=BETA_1, b2=BETA_2, eps=EPSILON)
     params = [jax.numpy.asarray(x) for x in xs]
     grads = [jax.numpy.asarray(g) for g in gs]
     del xs, gs
@@ -428,6 +442,7 @@ IMPLS = {
         Impl("nadam-jax", "`nadam.Nadam` on JAX Variables (XLA kernel, slots donated)",
              setup_nadam_jax, False),
         Impl("optax", "`optax.nadam` (jit, donated)", setup_optax, True),
+        Impl("nadam-optax", "`nadam.optax.nadam` (jit, donated)", setup_nadam_optax, False),
         Impl("tf-keras", "`tf_keras` legacy Nadam (tf.function)", setup_tf_keras, True),
         Impl("tf-keras-xla", "`tf_keras` legacy Nadam (tf.function, XLA)", setup_tf_keras_xla,
              True),
@@ -481,7 +496,7 @@ FRAMEWORKS = {
     "nadam-reference": ["nadam", "numba"], "nadam-early": ["nadam", "numba"],
     "nadam-torch": ["nadam", "numba", "torch"], "torch-forloop": ["torch"],
     "torch-foreach": ["torch"], "optax": ["jax", "optax"], "tf-keras": ["tensorflow", "tf_keras"],
-    "nadam-jax": ["nadam", "jax"],
+    "nadam-jax": ["nadam", "jax"], "nadam-optax": ["nadam", "jax", "optax"],
     "tf-keras-xla": ["tensorflow", "tf_keras"], "keras3-jax": ["jax", "keras"], "numpy": [],
     "keras3-torch": ["torch", "keras"], "keras3-tf": ["tensorflow", "keras"],
     "nadam-keras3-jax": ["nadam", "jax", "keras"],
