@@ -91,6 +91,14 @@ def test_integer_variable_is_refused_before_building() -> None:
     assert not opt.built and len(opt.variables) == 2  # iteration, learning_rate
 
 
+def test_beta_that_rounds_to_one_in_float16_is_refused_before_building() -> None:
+    opt = Nadam(beta_2=0.9999)
+    with pytest.raises(ValueError, match=r"Expected beta_2 in \[0, 1\), received: .*0.9999.*"
+                                         "1.0 in the variables' dtype float16"):
+        opt.apply([np.ones(3, np.float16)], [keras.Variable(np.ones(3, np.float16))])
+    assert not opt.built and len(opt.variables) == 2
+
+
 def test_update_step_outside_a_step() -> None:
     x = keras.Variable(np.ones(2, np.float32))
     opt = Nadam()

@@ -23,7 +23,10 @@ from keras3_helpers import (
     run_worker,
 )
 
-SEED = {"float32": 11, "float64": 12}
+SEED = {"float32": 11, "float64": 12, "float16": 13}
+# float16 runs with the default hyperparameters: a random beta_2 may round to 1.0 in float16,
+# where Keras 2 goes NaN and this optimizer refuses it (test_keras3_errors).
+DEFAULTS = {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
 SPARSE = (0,)  # the (4, 3) variable, on TensorFlow
 
 # backend -> (worker backend, x64, cases as (mode, dtype, sparse))
@@ -32,9 +35,12 @@ RUNS = {
         ("apply", "float32", False), ("apply", "float64", False),
         ("tf_function", "float32", False), ("tf_function", "float64", False),
         ("apply", "float32", True), ("tf_function", "float64", True),
+        ("apply", "float16", False), ("tf_function", "float16", True),
     ]),
-    "torch": ("torch", False, [("apply", "float32", False), ("apply", "float64", False)]),
-    "jax": ("jax", False, [("apply", "float32", False), ("jit_stateless", "float32", False)]),
+    "torch": ("torch", False, [("apply", "float32", False), ("apply", "float64", False),
+                               ("apply", "float16", False)]),
+    "jax": ("jax", False, [("apply", "float32", False), ("jit_stateless", "float32", False),
+                           ("jit_stateless", "float16", False)]),
     "jax-x64": ("jax", True, [("apply", "float64", False),
                               ("jit_stateless", "float64", False)]),
 }
@@ -45,9 +51,13 @@ def _inputs(dtype: str, sparse: bool) -> dict[str, np.ndarray]:
     return random_case(SEED[dtype] + 100 * sparse, dtype, sparse=SPARSE if sparse else ())
 
 
+def _hypers(dtype: str) -> dict[str, float]:
+    return DEFAULTS if dtype == "float16" else random_hypers(SEED[dtype])
+
+
 @functools.cache
 def _oracle(dtype: str, sparse: bool) -> dict[str, np.ndarray]:
-    return oracle(_inputs(dtype, sparse), random_hypers(SEED[dtype]), STEPS)
+    return oracle(_inputs(dtype, sparse), _hypers(dtype), STEPS)
 
 
 @pytest.mark.parametrize("run", list(RUNS))
@@ -57,7 +67,7 @@ def test_trajectories_are_keras_2s_bits(run: str, tmp_path) -> None:
     for mode, dtype, sparse in specs:
         name = f"{mode}-{dtype}" + ("-sparse" if sparse else "")
         cases.append({"name": name, "mode": mode, "variables": 3, "steps": STEPS,
-                      "hypers": random_hypers(SEED[dtype])})
+                      "hypers": _hypers(dtype)})
         inputs[name] = _inputs(dtype, sparse)
     records = run_worker(backend, cases, inputs, tmp_path, x64=x64)
     for (_, dtype, sparse), case in zip(specs, cases, strict=True):
@@ -65,5 +75,7 @@ def test_trajectories_are_keras_2s_bits(run: str, tmp_path) -> None:
         assert str(ours["backend"]) == backend
         assert_same_trajectory(ours, theirs, f"{run} {case['name']}")
         assert int(ours["iterations"]) == int(theirs["iterations"]) == STEPS
-        # The cache underflowed to exactly 0 in float32 (step 111) and not in float64.
-        assert (float(theirs["cache"]) == 0.0) == (dtype == "float32")
+        # The cache underflowed to exactly 0 in float32 (step 111) and not in float64 (nor in
+        # float16, whose cache is the first variable's dtype too but keeps its subnormals).
+        if dtype != "float16":
+            assert (float(theirs["cache"]) == 0.0) == (dtype == "float32")

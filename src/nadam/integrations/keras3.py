@@ -45,7 +45,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from nadam import checks
+from nadam import checks, engine
 from nadam.step_scalars import nadam_scalars as host_nadam_scalars
 
 _BACKENDS = ("jax", "tensorflow", "torch")
@@ -147,6 +147,11 @@ class Nadam(keras.optimizers.Optimizer):
             return
         for variable in var_list:
             _check_float_variable(variable)
+        # A beta that rounds to 1 in a variable's dtype (0.9999 in float16) would make NaN.
+        engine.check_hypers_fit(
+            [engine.Hypers.of(0.0, self.beta_1, self.beta_2, self.epsilon)],
+            [(0, np.dtype(_dtype_name(variable))) for variable in var_list],
+        )
         dtype = var_list[0].dtype if var_list else keras.backend.floatx()
         super().build(var_list)
         self._momentums, self._velocities = self.add_optimizer_variables(
