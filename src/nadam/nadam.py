@@ -23,7 +23,7 @@ __all__ = ["Nadam", "nadam_scalars"]
 
 
 class Nadam(Optimizer):
-    """Keras 2's Nadam optimizer on NumPy arrays and PyTorch tensors (the Keras face).
+    """Keras 2's Nadam optimizer on NumPy arrays, PyTorch tensors and JAX arrays (the Keras face).
 
     Args:
         learning_rate: a number, a 0-d array, a zero-argument callable or a
