@@ -8,8 +8,10 @@ framework as arrays. So the only difference between two trajectories is the opti
 - ``nadam``: `nadam.Nadam`, Keras 2's Nadam (this project);
 - ``nadam-sd1``: `nadam.Nadam(schedule_decay=1.0)`, the momentum schedule Keras 3 uses;
 - ``keras2``: `tf_keras.optimizers.legacy.Nadam`, the real Keras 2 optimizer;
-- ``keras3``: `keras.optimizers.Nadam` (Keras 3, TensorFlow backend), run in a child process so
-  that it never meets tf_keras in one interpreter;
+- ``keras3``: `keras.optimizers.Nadam` (Keras 3, TensorFlow backend), run in a child process:
+  Keras 3 fixes its backend at its first import (`KERAS_BACKEND`), which the calling process
+  may have made already with another backend, and it never meets tf_keras in one interpreter
+  (tf-keras 2.21 and Keras 3.15 do coexist, but older pairs clashed over `tf.keras`);
 - ``torch``: `torch.optim.NAdam` (the same schedule as Keras 2, its own rounding);
 - ``optax``: `optax.nadam` (a constant beta_1: another algorithm).
 
