@@ -11,7 +11,7 @@ framework as arrays. So the only difference between two trajectories is the opti
 - ``keras3``: `keras.optimizers.Nadam` (Keras 3, TensorFlow backend), run in a child process:
   Keras 3 fixes its backend at its first import (`KERAS_BACKEND`), which the calling process
   may have made already with another backend, and it never meets tf_keras in one interpreter
-  (tf-keras 2.21 and Keras 3.15 do coexist, but older pairs clashed over `tf.keras`);
+  (tf-keras 2.21 and Keras 3.15 do coexist in one process, checked; the child keeps it so);
 - ``torch``: `torch.optim.NAdam` (the same schedule as Keras 2, its own rounding);
 - ``optax``: `optax.nadam` (a constant beta_1: another algorithm).
 
