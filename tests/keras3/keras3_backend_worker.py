@@ -11,7 +11,8 @@ iteration counters and, with EMA, the averages (`ema_<i>`). Modes:
 
 - `apply`: `optimizer.apply` eagerly, one call per step;
 - `tf_function`: the same inside a `tf.function` (TensorFlow);
-- `jit_stateless`: `stateless_apply` under `jax.jit` (JAX);
+- `jit_stateless`: `stateless_apply` under `jax.jit` (JAX); `stateless`: without the jit
+  (and `inputs_kept`: whether the first call left the arrays it was given as they were);
 - `fit_resume`: `model.fit` for all epochs, against `fit`, `.keras` save, load, `fit` again;
 - `switch`: trains with `keras.optimizers.Nadam`, switches with `Nadam.from_keras_nadam`,
   then continues with the given gradients.
@@ -91,20 +92,31 @@ def run_steps(case: dict, data: dict) -> dict:
 
         opt.build(xs)
         jitted = jax.jit(opt.stateless_apply)
+    if mode in ("jit_stateless", "stateless"):
+        if mode == "stateless":
+            opt.build(xs)
+            jitted = opt.stateless_apply
         train = [x.value for x in xs]
         state = [v.value for v in opt.variables]
+        # The caller's values, which a stateless step must leave as they are.
+        given = [keras.ops.convert_to_numpy(a).copy() for a in [*train, *state]]
+        first = [*train, *state]
     for step in range(case["steps"]):
         grads = gradients(data, step, count)
         if mode == "apply":
             opt.apply(grads, xs)
         elif mode == "tf_function":
             step_fn(grads)
-        elif mode == "jit_stateless":
+        else:
             train, state = jitted(state, grads, train)
-        values = train if mode == "jit_stateless" else xs
+        stateless = mode in ("jit_stateless", "stateless")
+        values = train if stateless else xs
         for i in range(count):
             record[f"x_{step}_{i}"] = keras.ops.convert_to_numpy(values[i])
-    if mode == "jit_stateless":
+    if stateless:
+        record["inputs_kept"] = np.array(all(
+            keras.ops.convert_to_numpy(a).tobytes() == b.tobytes()
+            for a, b in zip(first, given, strict=True)))
         for variable, value in zip(opt.variables, state, strict=True):
             variable.assign(value)
     record_state(record, opt, count)

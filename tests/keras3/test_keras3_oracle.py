@@ -5,7 +5,7 @@ gradients and hyperparameters (past the float32 momentum cache's underflow at st
 float32 and float64: every step's variables, then the slots and the momentum cache, must have
 Keras 2's bits. TensorFlow also runs the step inside `tf.function` and with row-sparse
 `tf.IndexedSlices` gradients (repeated rows); JAX also runs `stateless_apply` under `jax.jit`
-(float64 in a process with `jax_enable_x64`).
+(float64 in a process with `jax_enable_x64`); torch runs `stateless_apply` too.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ RUNS = {
         ("apply", "float16", False), ("tf_function", "float16", True),
     ]),
     "torch": ("torch", False, [("apply", "float32", False), ("apply", "float64", False),
-                               ("apply", "float16", False)]),
+                               ("apply", "float16", False), ("stateless", "float32", False)]),
     "jax": ("jax", False, [("apply", "float32", False), ("jit_stateless", "float32", False),
                            ("jit_stateless", "float16", False)]),
     "jax-x64": ("jax", True, [("apply", "float64", False),
@@ -75,6 +75,8 @@ def test_trajectories_are_keras_2s_bits(run: str, tmp_path) -> None:
         assert str(ours["backend"]) == backend
         assert_same_trajectory(ours, theirs, f"{run} {case['name']}")
         assert int(ours["iterations"]) == int(theirs["iterations"]) == STEPS
+        if "inputs_kept" in ours:  # a stateless step changed none of the arrays it was given
+            assert bool(ours["inputs_kept"])
         # The cache underflowed to exactly 0 in float32 (step 111) and not in float64 (nor in
         # float16, whose cache is the first variable's dtype too but keeps its subnormals).
         if dtype != "float16":
