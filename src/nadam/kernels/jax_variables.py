@@ -76,8 +76,10 @@ _sparse_jitted = jax.jit(_sparse_one, donate_argnums=(3, 4))
 
 def _precision(dtype: np.dtype) -> contextlib.AbstractContextManager[Any]:
     """float64 arrays keep float64 arithmetic even where the caller switched x64 on only
-    around making them (`jax.enable_x64` is a context manager too)."""
-    return jax.enable_x64(True) if dtype == np.float64 else contextlib.nullcontext()
+    around making them (the optimizer refuses that case up front; a direct call may not)."""
+    if dtype != np.float64 or jax.config.jax_enable_x64:
+        return contextlib.nullcontext()
+    return jax.enable_x64(True)
 
 
 def device_scalars(s: NadamScalars, dtype: np.dtype) -> Any:
