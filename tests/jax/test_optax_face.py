@@ -186,6 +186,43 @@ def test_a_keras_face_run_continues_in_optax_and_back(dtype):
         assert_same_bits(a, b, f"get_weights()[{k}]")
 
 
+def test_a_torch_face_run_continues_in_optax_and_back():
+    import torch
+
+    from nadam.torch import Nadam as TorchNadam
+
+    params, grads = draws(11, 90)
+    names = sorted(SHAPES)  # the leaves' order
+
+    def torch_run(start, grads, weights=None):
+        tensors = [torch.nn.Parameter(torch.tensor(np.array(start[n]))) for n in names]
+        opt = TorchNadam(tensors)
+        if weights is not None:
+            opt.build()
+            opt.set_weights(weights)
+        for g in grads:
+            for tensor, n in zip(tensors, names, strict=True):
+                tensor.grad = torch.tensor(g[n])
+            opt.step()
+        return {n: t.detach().numpy().copy() for n, t in zip(names, tensors, strict=True)}, \
+            opt.get_weights()
+
+    whole, final_weights = torch_run(params, grads)
+    first, weights = torch_run(params, grads[:30])
+    tx = optax_nadam()
+    state = from_keras_weights(weights, first)
+    step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
+        *tx.update(g, s)))
+    p = first
+    for g in grads[30:60]:
+        p, state = step(p, state, g)
+    last, weights_after = torch_run(p, grads[60:], to_keras_weights(state, p))
+    for name in SHAPES:
+        assert_same_bits(last[name], whole[name], name)
+    for k, (a, b) in enumerate(zip(weights_after, final_weights, strict=True)):
+        assert_same_bits(a, b, f"get_weights()[{k}]")
+
+
 def test_from_keras_weights_takes_the_weights_of_tf_keras_directly():
     params, grads = draws(8, 20)
     names = sorted(params)
