@@ -683,21 +683,23 @@ class Optimizer:
                 )
             grad, var = item
             sharding = None
-            if type(var).__module__.startswith("torch.distributed"):  # a DTensor: its shard
-                backend = self._check_variable(var, position)
-                sharding, var, grad = _local_shard(var, grad)
             known = memo.recall(var)
             if known is None:
-                if sharding is None:
+                if type(var).__module__.startswith("torch.distributed"):  # a DTensor
+                    # The engine steps its local shard, which the memo knows it by.
                     backend = self._check_variable(var, position)
-                known = memo.learn(backend, var, variable_key(var))
+                    sharding, var, grad = _local_shard(var, grad)
+                    known = memo.recall(var) or memo.learn(backend, var, variable_key(var))
+                    known.update.sharding = sharding
+                else:
+                    known = memo.learn(self._check_variable(var, position), var,
+                                       variable_key(var))
             known_variables.append(known)
             backend = known.backend
             if grad is None:
                 missing.append(backend.describe(var))
                 continue
             update = known.update
-            update.sharding = sharding
             update.grad = backend.gradient(grad, var)
             if known.m is None:
                 slots = self._slots.get(var if sharding is None else sharding.whole)
