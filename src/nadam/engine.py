@@ -9,7 +9,10 @@ group whose settings apply) and resolved `Hypers`, then drives the same four sta
    anything changes — the variable is trainable, the gradient fits it, the variable's slots
    still fit it, no two variables share memory, no variable is the optimizer's own state; a
    gradient that shares memory with a variable is copied so it reads as it was before.
-2. `clip`: clipvalue, clipnorm, global_clipnorm, per group (after any aggregation).
+2. `clip`: clipvalue, clipnorm, global_clipnorm, per group (after any aggregation). A face
+   that hands the engine local shards of larger tensors (DTensors) marks them with
+   `Update.sharding` and passes `sum_partials`, which sums their norms over the shards in one
+   collective per step.
 3. `prepare`: the step's scalars once per (group, dtype) and the momentum cache the step
    will commit, in an explicit `StepContext` (nothing is written yet).
 4. `apply`: the kernels, one call per (group, backend, device, dtype) for dense gradients and

@@ -21,6 +21,11 @@ How Keras's state maps onto torch.optim's:
   momentum_cache, m(p1..pn), v(p1..pn)]` for the parameters of the first round, in
   param-group order, then the m's and v's of each later round (Keras appends the slots of
   variables first seen in a later call the same way); `set_weights()` takes that list back.
+- DTensor parameters (FSDP2's `fully_shard`): the engine steps each rank's local shard, and
+  `m` and `v` are DTensors laid out as their parameter (`nadam.backends.torch_shards`). In a
+  multi-process run `state_dict()` copies the schedule into every parameter's entry
+  (`"nadam_schedule"`) for ZeroRedundancyOptimizer and torch.distributed.checkpoint, which
+  keep only those entries (see `state_dict`).
 """
 
 from __future__ import annotations
@@ -151,7 +156,8 @@ class Nadam(torch.optim.Optimizer):
     Gradients may be dense or sparse COO (from `nn.Embedding(sparse=True)`; Keras's sparse
     semantics). Parameters whose `.grad` is None are skipped; a step with no gradient at all
     changes nothing. It does not all-reduce: under DistributedDataParallel the gradients are
-    already averaged when `step()` runs.
+    already averaged when `step()` runs. DTensor parameters (FSDP2) are stepped shard by shard
+    on each rank; only `clipnorm` / `global_clipnorm` communicate (one all_reduce per step).
 
     Example:
         >>> import torch
