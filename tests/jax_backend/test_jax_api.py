@@ -253,3 +253,23 @@ def test_the_readme_example_runs_as_printed():
     opt, w = namespace["opt"], namespace["w"]
     assert int(opt.iterations.numpy()) == 2 and isinstance(w.value, jax.Array)
     assert float(w.numpy().min()) > 0  # both steps moved every weight towards y
+
+
+def test_a_slot_array_passed_back_in_is_not_donated_away():
+    # The slots' old buffers are donated to the step; a slot's array that the caller also
+    # passes as a gradient and as another variable's value must survive it, and the step must
+    # equal the same step on copies.
+    arrays = {}
+    for copies in (False, True):
+        w = Variable(jnp.ones(3))
+        opt = Nadam()
+        opt.apply_gradients([(jnp.ones(3), w)])
+        m = opt.get_slot(w, "m").value
+        other = Variable(jnp.array(m, copy=True) if copies else m)
+        grad = jnp.array(m, copy=True) if copies else m
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            opt.apply_gradients([(grad, w), (jnp.ones(3), other)])
+        arrays[copies] = [w.numpy(), other.numpy(), np.asarray(grad), *opt.get_weights()]
+    for a, b in zip(arrays[False], arrays[True], strict=True):
+        np.testing.assert_array_equal(a, b, strict=True)

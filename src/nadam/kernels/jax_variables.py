@@ -12,10 +12,13 @@ precision"), so a float16 group is stepped on the host by the NumPy kernels (exa
 face, float16 being rare and small) and its results put back on the variables' devices.
 
 The slots are the optimizer's own arrays, so their old buffers are donated to the new ones
-(no second copy of m and v while the step runs). The variables' are not: a caller may still
-hold `var.value` from before the step (a loss closed over it, a logged copy), and a donated
-buffer would be deleted under it. Each result is swapped into its `Variable` only after the
-whole call returned, so a failure leaves every variable and slot as it was.
+(no second copy of m and v while the step runs); a slot's array that is also another argument
+of the call is copied first. The variables' are not donated: a caller may still hold
+`var.value` from before the step (a loss closed over it, a logged copy), and a donated buffer
+would be deleted under it. Each result is swapped into its `Variable` only after the whole
+call returned; every check ran before it (the engine), so what is left to fail is XLA's run
+itself (out of memory), after which the donated slots are gone: the one way a step of this
+face is not all or nothing.
 
 Example:
     >>> import jax.numpy as jnp
@@ -88,12 +91,13 @@ def device_scalars(s: NadamScalars, dtype: np.dtype) -> Any:
     return jnp.asarray(np.array(s, dtype=dtype))
 
 
-def _donatable(arrays: Sequence[Any]) -> list[Any]:
-    # A slot array that is also someone's other argument (the same zeros reused) must not be
-    # donated twice: XLA refuses that. Each distinct array is donated once, repeats copied.
-    seen: set[int] = set()
+def _donatable(slots: Sequence[Any], others: Sequence[Any]) -> list[Any]:
+    """`slots` ready to donate: an array that is also another argument of the call (the same
+    array as two slots, or a slot's array also passed as a variable's value or a gradient)
+    is copied first, so that donating it deletes nothing anyone else holds."""
+    seen = {id(array) for array in others}
     result = []
-    for array in arrays:
+    for array in slots:
         result.append(array if id(array) not in seen else jnp.array(array, copy=True))
         seen.add(id(array))
     return result
@@ -112,10 +116,10 @@ def apply_dense(
         return
     with _precision(dtype):
         read = backend.read
-        slots = _donatable([read(m) for m in ms] + [read(v) for v in vs])
+        x_values, g_values = [read(x) for x in xs], [read(g) for g in gs]
+        slots = _donatable([read(m) for m in ms] + [read(v) for v in vs], x_values + g_values)
         new_xs, new_ms, new_vs = _dense_jitted(
-            [read(x) for x in xs], [read(g) for g in gs], slots[: len(ms)], slots[len(ms):],
-            device_scalars(s, dtype),
+            x_values, g_values, slots[: len(ms)], slots[len(ms):], device_scalars(s, dtype)
         )
     for holders, values in ((xs, new_xs), (ms, new_ms), (vs, new_vs)):
         for holder, value in zip(holders, values, strict=True):
@@ -139,10 +143,10 @@ def apply_sparse(
         _sparse_on_the_host(backend, x, g_rows, indices, m, v, s)
         return
     with _precision(dtype):
-        m_value, v_value = _donatable([backend.read(m), backend.read(v)])
+        x_value, rows = backend.read(x), jnp.asarray(backend.read(g_rows))
+        m_value, v_value = _donatable([backend.read(m), backend.read(v)], [x_value, rows])
         new_x, new_m, new_v = _sparse_jitted(
-            backend.read(x), _row_indices(backend.read(indices)),
-            jnp.asarray(backend.read(g_rows)), m_value, v_value,
+            x_value, _row_indices(backend.read(indices)), rows, m_value, v_value,
             device_scalars(s, dtype),
         )
     x._value, m._value, v._value = new_x, new_m, new_v
