@@ -273,3 +273,21 @@ def test_a_slot_array_passed_back_in_is_not_donated_away():
         arrays[copies] = [w.numpy(), other.numpy(), np.asarray(grad), *opt.get_weights()]
     for a, b in zip(arrays[False], arrays[True], strict=True):
         np.testing.assert_array_equal(a, b, strict=True)
+
+
+def test_the_benchmark_row_steps_as_the_numpy_face_does():
+    # `nadam.bench`'s nadam-jax row: mid-training (cache underflowed), and each of its steps
+    # gives the NumPy face's state bit for bit on the same arrays.
+    from nadam import bench
+
+    case = bench.Case("tiny", [(300,), (7, 5)], warmup=1, steps=3)
+    on_jax, on_numpy = bench.setup_nadam_jax(case), bench.setup_nadam(case)
+    for _ in range(3):
+        on_jax()
+        on_numpy()
+    opt = on_jax.optimizer
+    assert int(opt.iterations.numpy()) == bench.MID_TRAINING_STEP + 3
+    assert float(opt.momentum_cache.numpy()) == 0.0
+    assert all(isinstance(slot.value, jax.Array) for slot in opt.weights[2:])
+    for a, b in zip(opt.get_weights(), on_numpy.optimizer.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b, strict=True)
