@@ -14,6 +14,7 @@ iteration counters and, with EMA, the averages (`ema_<i>`). Modes:
 - `jit_stateless`: `stateless_apply` under `jax.jit` (JAX); `stateless`: without the jit
   (and `inputs_kept`: whether the first call left the arrays it was given as they were);
 - `fit_resume`: `model.fit` for all epochs, against `fit`, `.keras` save, load, `fit` again;
+- `fit_switch`: `fit` with `keras.optimizers.Nadam`, switch, recompile, `fit` on;
 - `switch`: trains with `keras.optimizers.Nadam`, switches with `Nadam.from_keras_nadam`,
   then continues with the given gradients.
 """
@@ -165,6 +166,29 @@ def fit_resume(case: dict, out: str) -> dict:
     return record
 
 
+def fit_switch(case: dict) -> dict:
+    """`fit` with Keras 3's Nadam, switch (`from_keras_nadam`, recompile), `fit` on."""
+    fit_args = {"batch_size": 8, "shuffle": False, "verbose": 0}
+    model, x, y = model_and_data(case)
+    model.compile(optimizer=keras.optimizers.Nadam(learning_rate=0.01), loss="mse")
+    model.fit(x, y, epochs=1, **fit_args)
+    theirs = model.optimizer
+    numpy = keras.ops.convert_to_numpy
+    record = {f"keras_m_{i}": numpy(m) for i, m in enumerate(theirs._momentums)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = Nadam.from_keras_nadam(theirs)
+    record.update({f"ours_m_{i}": numpy(m) for i, m in enumerate(ours._momentums)})
+    model.compile(optimizer=ours, loss="mse")
+    model.fit(x, y, epochs=1, **fit_args)
+    record["iterations"] = numpy(model.optimizer.iterations)
+    record["same_optimizer"] = np.array(model.optimizer is ours)
+    record["moved"] = np.array(any(
+        not np.array_equal(numpy(m), record[f"ours_m_{i}"])
+        for i, m in enumerate(ours._momentums)))
+    return record
+
+
 def switch(case: dict, data: dict) -> dict:
     count = case["variables"]
     xs = [keras.Variable(data[f"x_{i}"]) for i in range(count)]
@@ -204,6 +228,8 @@ def main(in_dir: str, out: str) -> None:
         data = dict(np.load(path)) if os.path.exists(path) else {}
         if case["mode"] == "fit_resume":
             record = fit_resume(case, out)
+        elif case["mode"] == "fit_switch":
+            record = fit_switch(case)
         elif case["mode"] == "switch":
             record = switch(case, data)
         else:

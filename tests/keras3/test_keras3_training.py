@@ -27,7 +27,8 @@ def _cases(backend: str) -> list[dict]:
            "hypers": {"learning_rate": 0.01, "schedule_decay": 0.005, "decay": 0.01}}
     switch = {"name": "switch", "mode": "switch", "variables": 2, "keras_steps": KERAS_STEPS,
               "steps": STEPS, "hypers": SWITCH_HYPERS}
-    return [fit, switch]
+    fit_switch = {"name": "fit_switch", "mode": "fit_switch", "seed": 4}
+    return [fit, switch, fit_switch]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -93,3 +94,13 @@ def test_switch_from_keras_nadam_keeps_the_slots(backend_run) -> None:
     reference = _reference_after_switch(record, inputs["switch"])
     for key, value in reference.items():
         assert_bits_equal(record[key], value, f"{backend} after the switch {key}")
+
+
+def test_switch_inside_fit(backend_run) -> None:
+    """A model fitted with Keras 3's Nadam, recompiled with ours, fits on from its state."""
+    backend, records, _ = backend_run
+    record = records["fit_switch"]
+    for i in range(4):
+        assert_bits_equal(record[f"ours_m_{i}"], record[f"keras_m_{i}"], f"{backend} m_{i}")
+    assert bool(record["same_optimizer"]) and bool(record["moved"])
+    assert int(record["iterations"]) == 8  # 4 batches with Keras's, 4 with ours
