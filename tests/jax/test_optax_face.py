@@ -156,6 +156,50 @@ def test_a_schedule_under_vmap():
             assert_same_bits(out[name][b], expected[-1][name], f"{name}[{b}]")
 
 
+def test_inject_hyperparams_changes_the_learning_rate_mid_run_like_the_keras_face():
+    # optax's way to change hyperparameters during training: traced arrays inside the jitted
+    # update. hyperparam_dtype=float32 rounds the numbers as Keras's hyper variables do.
+    params, grads = draws(12, 40)
+    opt = nadam.Nadam(learning_rate=0.01, beta_1=0.8)
+    names = sorted(params)
+    variables = [nadam.Variable(np.array(params[n])) for n in names]
+    expected = []
+    for i, g in enumerate(grads):
+        if i == 20:
+            opt.learning_rate = 0.003
+        opt.apply_gradients(zip([g[n] for n in names], variables, strict=True))
+        expected.append({n: v.numpy().copy() for n, v in zip(names, variables, strict=True)})
+    tx = optax.inject_hyperparams(optax_nadam, hyperparam_dtype=jnp.float32)(
+        learning_rate=0.01, b1=0.8
+    )
+    step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
+        *tx.update(g, s, p)), donate_argnums=(0, 1))
+    p = jax.tree.map(jnp.asarray, params)
+    state = tx.init(p)
+    for i, g in enumerate(grads):
+        if i == 20:
+            state.hyperparams["learning_rate"] = jnp.asarray(0.003, jnp.float32)
+        p, state = step(p, state, g)
+        for name in SHAPES:
+            assert_same_bits(p[name], expected[i][name], f"{name} at step {i + 1}")
+
+
+def test_parameters_of_several_dtypes_like_the_keras_face():
+    # One momentum cache, in the first parameter's dtype (Keras's), cast for the others.
+    with x64_for("float64"):
+        params, grads = draws(13, 40)
+        params["b"] = params["b"].astype(np.float64)
+        for g in grads:
+            g["b"] = g["b"].astype(np.float64)
+        expected, weights, _, _ = keras_face_run(params, grads)
+        path, state, p = scanned_run(optax_nadam(), params, grads)
+        assert state.momentum_cache.dtype == jnp.float64
+        ours = to_keras_weights(state, p)
+    assert_same_path(path, expected)
+    for k, (a, b) in enumerate(zip(ours, weights, strict=True)):
+        assert_same_bits(a, b, f"get_weights()[{k}]")
+
+
 # --- state shared with the other faces --------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_keras_face_run_continues_in_optax_and_back(dtype):

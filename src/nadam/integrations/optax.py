@@ -82,6 +82,11 @@ def nadam(
             schedule_decay)); 1.0 gives Keras 3's schedule.
         decay: time-inverse learning-rate decay, lr / (1 + decay * count) (SPEC 4.1).
 
+    Any of them may also be a JAX array, cast to each parameter's dtype; traced ones (from
+    `optax.inject_hyperparams`, which changes hyperparameters during training) are used
+    unchecked. Give `inject_hyperparams` `hyperparam_dtype=jnp.float32` to round numbers as
+    Keras does.
+
     Raises:
         ValueError: a hyperparameter out of range (`Expected b1 in [0, 1), received: 1.0`).
         TypeError: a hyperparameter that is not a number; at `init`, a parameter that is not
@@ -94,13 +99,11 @@ def nadam(
         Array(0, dtype=int32)
     """
     learning_rate_at = _learning_rate(learning_rate)
-    checks.real_number(b1, "b1", checks.UNIT_INTERVAL)
-    checks.real_number(b2, "b2", checks.UNIT_INTERVAL)
-    epsilon = checks.epsilon(eps, "eps")
-    checks.real_number(schedule_decay, "schedule_decay", checks.NON_NEGATIVE)
-    checks.real_number(decay, "decay", checks.FINITE_NON_NEGATIVE)
-    # The engine's rounding: Python numbers become float32 0-d arrays, NumPy values keep theirs.
-    hypers = engine.Hypers.of(0.0, b1, b2, epsilon, decay, float(schedule_decay))
+    beta_1 = _step_value(b1, "b1", checks.UNIT_INTERVAL)
+    beta_2 = _step_value(b2, "b2", checks.UNIT_INTERVAL)
+    epsilon = eps if isinstance(eps, jax.core.Tracer) else checks.epsilon(eps, "eps")
+    schedule_decay = _step_value(schedule_decay, "schedule_decay", checks.NON_NEGATIVE, False)
+    decay = _step_value(decay, "decay", checks.FINITE_NON_NEGATIVE)
 
     def init_fn(params: optax.Params) -> NadamState:
         leaves = _checked_leaves(params, "parameter")
@@ -128,11 +131,11 @@ def nadam(
             scalars[dtype], prod = xla.nadam_scalars(
                 count,
                 cache,
-                xla.decayed_learning_rate(lr, hypers.decay, count, dtype),
-                hypers.beta_1,
-                hypers.beta_2,
-                hypers.epsilon,
-                hypers.schedule_decay,
+                xla.decayed_learning_rate(lr, decay, count, dtype),
+                beta_1,
+                beta_2,
+                epsilon,
+                schedule_decay,
                 dtype,
             )
             if dtype == cache.dtype:
@@ -168,12 +171,24 @@ def _learning_rate(learning_rate: Any) -> Callable[[jax.Array], Any]:
         return lambda count: jax.pure_callback(on_host, result, count, vmap_method="sequential")
     if callable(learning_rate):
         return lambda count: jnp.asarray(learning_rate(count))
-    value = engine.Hypers.of(
-        checks.hyperparameter(learning_rate, "learning_rate"), 0.9, 0.999, 1e-7
-    ).learning_rate
-    if not isinstance(learning_rate, np.generic | np.ndarray):
-        value = np.asarray(value, np.float32)  # a Python number: Keras's float32 variable
+    value = _step_value(learning_rate, "learning_rate", checks.NON_NEGATIVE)
     return lambda count: value
+
+
+def _step_value(value: Any, name: str, allowed: checks.Range, keras_rounding: bool = True) -> Any:
+    """A hyperparameter checked against `allowed` and held as the step reads it.
+
+    A Python number is rounded through float32 when `keras_rounding` (Keras's hyper variables:
+    learning_rate, beta_1, beta_2, decay) and a NumPy scalar kept, as the Keras face does
+    (`engine.Hypers`); a JAX array is kept and cast to each parameter's dtype. A traced one
+    (`optax.inject_hyperparams` under jit) cannot be checked here and is used as it is.
+    """
+    if isinstance(value, jax.core.Tracer):
+        return value
+    checks.real_number(value, name, allowed)
+    if isinstance(value, jax.Array) or not keras_rounding:
+        return value
+    return engine.Hypers.of(value, 0.0, 0.0, 1e-7).learning_rate  # the engine's one rounding
 
 
 def _checked_leaves(tree: Any, what: str) -> list[Any]:
