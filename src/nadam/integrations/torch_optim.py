@@ -261,17 +261,23 @@ class Nadam(torch.optim.Optimizer):
             schedule = self.state[_SCHEDULE_KEY] = {"iterations": torch.tensor(0)}
         return schedule
 
+    def _schedule_read(self) -> dict[str, torch.Tensor]:
+        """The schedule, without adding it to `state` when there is none yet: reading must
+        leave a fresh optimizer's `state` empty, which is how torch.distributed.checkpoint's
+        `get_optimizer_state_dict` tells a fresh optimizer (one it initializes) apart."""
+        return self.state.get(_SCHEDULE_KEY) or {"iterations": torch.tensor(0)}
+
     @property
     def iterations(self) -> int:
         """How many steps have updated parameters (Keras's `iterations`)."""
         self._adopt_installed_schedule()
-        return int(self._schedule()["iterations"])
+        return int(self._schedule_read()["iterations"])
 
     @property
     def momentum_cache(self) -> float | None:
         """The running product of the momentum schedule; None before the first update."""
         self._adopt_installed_schedule()
-        cache = self._schedule().get("momentum_cache")
+        cache = self._schedule_read().get("momentum_cache")
         return None if cache is None else float(cache)
 
     def _adopt_installed_schedule(self) -> None:
@@ -498,7 +504,7 @@ class Nadam(torch.optim.Optimizer):
         """The state in Keras's order, each tensor with its checkpoint name
         (`nadam.checkpoint`), and the parameters with slots in the order they are numbered."""
         self._adopt_installed_schedule()
-        schedule = self._schedule()
+        schedule = self._schedule_read()
         if "momentum_cache" not in schedule:
             return [], []
         entries = [
@@ -645,17 +651,17 @@ class Nadam(torch.optim.Optimizer):
         {"iterations": 5, "momentum_cache": 0.0185, "momentum_cache_bits": 32}` (Python
         numbers, which torch's loading never casts; the bits say the cache's dtype), so
         that it survives tools that keep only the parameters' entries:
-        `ZeroRedundancyOptimizer.consolidate_state_dict` and torch.distributed.checkpoint.
-        With DTensor parameters (FSDP2) `state["nadam"]` is left out, as
-        `get_optimizer_state_dict` names every entry after a parameter, and `m` and `v` are
-        DTensors laid out as their parameter (saved sharded by DCP). `load_state_dict` takes
-        the schedule from `state["nadam"]` when present, else from the copies (which must
-        agree).
+        `ZeroRedundancyOptimizer.consolidate_state_dict` and torch.distributed.checkpoint;
+        `state["nadam"]` is then left out (when some parameter has slots), as
+        `get_optimizer_state_dict` names every entry after a parameter. With DTensor
+        parameters (FSDP2) `m` and `v` are DTensors laid out as their parameter (saved
+        sharded by DCP). `load_state_dict` takes the schedule from `state["nadam"]` when
+        present, else from the copies (which must agree).
         """
         state_dict = super().state_dict()
         if not _multi_process():
             return state_dict
-        schedule = self._schedule()
+        schedule = self._schedule_read()
         cache = schedule.get("momentum_cache")
         state = state_dict["state"]
         if cache is not None:
@@ -667,8 +673,7 @@ class Nadam(torch.optim.Optimizer):
             for key, value in list(state.items()):
                 if key != _SCHEDULE_KEY and isinstance(value, dict) and "m" in value:
                     state[key] = {**value, _SCHEDULE_COPY: dict(copy)}
-        if any(torch_shards.is_sharded(p) for g in self.param_groups for p in g["params"]):
-            state.pop(_SCHEDULE_KEY, None)
+            state.pop(_SCHEDULE_KEY, None)  # the copies carry it
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

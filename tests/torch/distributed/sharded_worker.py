@@ -185,6 +185,9 @@ def _dcp_run(rank: int, out: Path) -> None:
     )
     fully_shard(fresh)
     fresh_opt = nadam.torch.Nadam(fresh.parameters(), lr=LR, clipnorm=0.05)
+    # Reading the schedule must leave `state` empty: get_optimizer_state_dict initializes an
+    # optimizer with an empty state only, and would otherwise load nothing into it.
+    assert fresh_opt.iterations == 0 and not fresh_opt.state
     state = {
         "model": get_model_state_dict(fresh), "optim": get_optimizer_state_dict(fresh, fresh_opt)
     }
@@ -375,6 +378,25 @@ def _zero_steps(zero: object, params: list[torch.Tensor], steps: range) -> None:
         zero.step()
 
 
+def _plain_model_dcp_state(out: Path, rank: int) -> None:
+    """get_optimizer_state_dict of a plain (DDP-style, unsharded) model in a multi-process run:
+    parameter entries only, each carrying the schedule."""
+    import json
+
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    model = torch.nn.Linear(3, 2)
+    opt = nadam.torch.Nadam(model.parameters(), lr=LR)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.ones(4, 3)).sum().backward()
+        opt.step()
+    state = get_optimizer_state_dict(model, opt)["state"]
+    summary = {key: sorted(value) for key, value in state.items()}
+    summary["schedule"] = state["weight"]["nadam_schedule"]
+    (out / f"plain_dcp_rank{rank}.json").write_text(json.dumps(summary))
+
+
 def run_zero(rank: int, world_size: int, ports: tuple[int, int], out_dir: str) -> None:
     """Train with ZeroRedundancyOptimizer, consolidate and save its state, train on
     (uninterrupted); then, in a new process group, a fresh optimizer loads the saved state and
@@ -398,6 +420,7 @@ def run_zero(rank: int, world_size: int, ports: tuple[int, int], out_dir: str) -
             np.savez(out / "zero_params_saved.npz", *[_full(p) for p in params])
         _zero_steps(zero, params, range(ZERO_FIRST_STEPS, end))
         uninterrupted = [_full(p) for p in params] + [np.asarray(zero.optim.iterations)]
+        _plain_model_dcp_state(out, rank)
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -80,3 +80,14 @@ def test_the_consolidated_state_carries_the_schedule_in_every_entry(out):
             "momentum_cache": one.momentum_cache,
             "momentum_cache_bits": 32,
         }, f"parameter {index}"
+
+
+def test_a_plain_model_state_dict_goes_through_get_optimizer_state_dict(out):
+    import json
+
+    for rank in range(WORLD):
+        summary = json.loads((out / f"plain_dcp_rank{rank}.json").read_text())
+        schedule = summary.pop("schedule")
+        assert summary == {name: ["m", "nadam_schedule", "round", "v"]
+                           for name in ("weight", "bias")}, f"rank {rank}"
+        assert schedule["iterations"] == 2 and schedule["momentum_cache_bits"] == 32
