@@ -20,7 +20,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nadam.optax import nadam, to_keras_weights
+from nadam.optax import from_keras_weights, nadam, to_keras_weights
 
 
 def main(source: str, target: str) -> None:
@@ -57,6 +57,12 @@ def main(source: str, target: str) -> None:
         if place:
             out["p_sharding_ok"] = np.asarray(all(
                 p[n].sharding.is_equivalent_to(shardings[n], params[n].ndim) for n in names))
+            # A state restored from Keras's layout is placed like its parameters.
+            restored = from_keras_weights(to_keras_weights(state, p), p)
+            out["restored_sharding_ok"] = np.asarray(all(
+                restored.m[n].sharding.is_equivalent_to(shardings[n], params[n].ndim)
+                and restored.v[n].sharding.is_equivalent_to(shardings[n], params[n].ndim)
+                for n in names))
         for n in names:
             out[f"{label}/{n}"] = np.asarray(p[n])
         for k, w in enumerate(to_keras_weights(state, p)):

@@ -302,6 +302,7 @@ def test_a_2_device_mesh_with_sharded_parameters_equals_the_unsharded_run(tmp_pa
     assert done.returncode == 0, done.stderr[-4000:]
     out = dict(np.load(target))
     assert out["m_sharding_ok"] and out["p_sharding_ok"], "state and parameters stay sharded"
+    assert out["restored_sharding_ok"], "from_keras_weights places m and v like the parameters"
     expected, weights, _, _ = keras_face_run(params, grads, learning_rate=0.01)
     for name in params:
         assert_same_bits(out[f"sharded/{name}"], out[f"unsharded/{name}"], f"{name} sharded")
