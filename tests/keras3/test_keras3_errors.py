@@ -84,6 +84,37 @@ def test_bad_gradients_change_nothing(grad, message, weight_decay) -> None:
         opt.apply([np.ones(3, np.float32)])
 
 
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        (lambda w: w[:-1], ValueError, "with a weight list of length 4, but the optimizer was "
+                                       "expecting 5 weights"),
+        (lambda w: [*w[:3], np.ones(4, np.float32), *w[4:]], ValueError,
+         "Optimizer weight shape (3,) not compatible with provided weight shape (4,)"),
+        (lambda w: [np.asarray(-1), *w[1:]], ValueError, "Expected iterations in [0, 2**63"),
+        (lambda w: [np.asarray(2.5), *w[1:]], ValueError, "Expected iterations to be a whole"),
+        (lambda w: [*w[:-1], np.asarray(1.5, np.float32)], ValueError,
+         "Expected momentum_cache in [0, 1]"),
+        (lambda w: [*w[:-1], np.asarray("x")], TypeError, "expected numbers"),
+    ],
+)
+def test_bad_set_weights_change_nothing(change, error, message) -> None:
+    x = keras.Variable(np.array([1.0, -2.0, 3.0], np.float32))
+    opt = Nadam()
+    opt.apply([np.ones(3, np.float32)], [x])
+    before = _state(opt, [x])
+    weights = [keras.ops.convert_to_numpy(v) for v in opt.variables]
+    assert len(weights) == 5  # iteration, learning_rate, momentum, velocity, momentum_cache
+    with pytest.raises(error) as caught:
+        opt.set_weights(change(weights))
+    assert message in str(caught.value)
+    for a, b in zip(_state(opt, [x]), before, strict=True):
+        assert a.tobytes() == b.tobytes()
+    # A good list still loads: the state round-trips.
+    opt.set_weights(weights)
+    assert [a.tobytes() for a in _state(opt, [x])] == [b.tobytes() for b in before]
+
+
 def test_integer_variable_is_refused_before_building() -> None:
     opt = Nadam()
     with pytest.raises(TypeError, match="has dtype int32; nadam.keras.Nadam trains float16"):

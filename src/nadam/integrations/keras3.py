@@ -161,6 +161,29 @@ class Nadam(keras.optimizers.Optimizer):
             shape=(), dtype=dtype, initializer="ones", name="momentum_cache"
         )
 
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Keras 3's `set_weights`, after checking the whole list first: its length, every
+        shape, numbers only, `iterations` a non-negative whole number and the momentum cache
+        in [0, 1]; a ValueError (or TypeError) leaves every variable as it was (Keras 3's own
+        writes the variables before a mismatch and ignores extra or missing entries)."""
+        if self.built:
+            self._check_state([np.asarray(keras.ops.convert_to_numpy(w))
+                               if not isinstance(w, np.ndarray) else w for w in weights])
+        super().set_weights(weights)
+
+    def load_own_variables(self, store: Any) -> None:
+        """Keras 3's loading of this optimizer's variables from a `.keras` file, checked as
+        `set_weights` checks a list before anything is written."""
+        if self.built and len(store.keys()) == len(self.variables):
+            self._check_state([np.asarray(store[str(i)]) for i in range(len(self.variables))])
+        super().load_own_variables(store)
+
+    def _check_state(self, arrays: Sequence[Any]) -> None:
+        shapes = [tuple(v.shape) for v in self.variables]
+        arrays = checks.weight_arrays(self.name, shapes, arrays)
+        checks.iteration_count(arrays[0], "iterations")
+        checks.momentum_cache(arrays[-1])
+
     @property
     def momentum_cache(self) -> Any:
         """The momentum cache: prod_{i<=t} mu_i after t steps (a Keras variable)."""
