@@ -42,10 +42,13 @@ def random_hypers(seed: int) -> dict[str, float]:
 def random_case(
     seed: int, dtype: str, steps: int = STEPS, shapes: Sequence[tuple[int, ...]] = SHAPES,
     sparse: Sequence[int] = (),
+    tiny: bool = False,
 ) -> dict[str, np.ndarray]:
     """Initial variables `x_<i>` and gradients for `steps` steps, of magnitudes that vary from
     step to step (some exactly zero); variables listed in `sparse` get row-sparse gradients
-    with repeated rows (`gi_`, `gv_`)."""
+    with repeated rows (`gi_`, `gv_`). With `tiny`, a third of the dense gradients' elements
+    are scaled down to 1e-45..1e-19 (float32): subnormal ones, which TensorFlow reads as 0, and
+    products and squares that underflow, which it flushes to 0."""
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
     for i, shape in enumerate(shapes):
@@ -60,6 +63,9 @@ def random_case(
                 arrays[f"gv_{step}_{i}"] = values.astype(dtype)
             else:
                 grad = scale * rng.standard_normal(shape) * (rng.random(shape) > 0.1)
+                if tiny:
+                    small = rng.random(shape) < 1 / 3
+                    grad = np.where(small, grad * 10 ** rng.uniform(-45, -19, shape), grad)
                 arrays[f"g_{step}_{i}"] = np.asarray(grad, dtype=dtype)
     return arrays
 

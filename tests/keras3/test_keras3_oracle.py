@@ -2,10 +2,12 @@
 
 Each backend runs in its own process (`keras3_helpers.run_worker`) over 300 steps of random
 gradients and hyperparameters (past the float32 momentum cache's underflow at step 111), in
-float32 and float64: every step's variables, then the slots and the momentum cache, must have
-Keras 2's bits. TensorFlow also runs the step inside `tf.function` and with row-sparse
-`tf.IndexedSlices` gradients (repeated rows); JAX also runs `stateless_apply` under `jax.jit`
-(float64 in a process with `jax_enable_x64`); torch runs `stateless_apply` too.
+float32, float64 and float16: every step's variables, then the slots and the momentum cache,
+must have Keras 2's bits. TensorFlow also runs the step inside `tf.function` and with
+row-sparse `tf.IndexedSlices` gradients (repeated rows); JAX runs `stateless_apply` under
+`jax.jit` (float64 in a process with `jax_enable_x64`); torch runs `stateless_apply` too. One
+float32 case per backend has gradient elements down to 1e-45: subnormal inputs and
+underflowing products, which TensorFlow's kernels flush to 0.
 """
 
 from __future__ import annotations
@@ -36,11 +38,14 @@ RUNS = {
         ("tf_function", "float32", False), ("tf_function", "float64", False),
         ("apply", "float32", True), ("tf_function", "float64", True),
         ("apply", "float16", False), ("tf_function", "float16", True),
+        ("tf_function", "float32", "tiny"),
     ]),
     "torch": ("torch", False, [("apply", "float32", False), ("apply", "float64", False),
-                               ("apply", "float16", False), ("stateless", "float32", False)]),
+                               ("apply", "float16", False), ("stateless", "float32", False),
+                               ("apply", "float32", "tiny")]),
     "jax": ("jax", False, [("apply", "float32", False), ("jit_stateless", "float32", False),
-                           ("jit_stateless", "float16", False)]),
+                           ("jit_stateless", "float16", False),
+                           ("jit_stateless", "float32", "tiny")]),
     "jax-x64": ("jax", True, [("apply", "float64", False),
                               ("jit_stateless", "float64", False)]),
 }
@@ -48,6 +53,8 @@ RUNS = {
 
 @functools.cache
 def _inputs(dtype: str, sparse: bool) -> dict[str, np.ndarray]:
+    if sparse == "tiny":
+        return random_case(SEED[dtype] + 200, dtype, tiny=True)
     return random_case(SEED[dtype] + 100 * sparse, dtype, sparse=SPARSE if sparse else ())
 
 
@@ -65,7 +72,7 @@ def test_trajectories_are_keras_2s_bits(run: str, tmp_path) -> None:
     backend, x64, specs = RUNS[run]
     cases, inputs = [], {}
     for mode, dtype, sparse in specs:
-        name = f"{mode}-{dtype}" + ("-sparse" if sparse else "")
+        name = f"{mode}-{dtype}" + {False: "", True: "-sparse", "tiny": "-tiny"}[sparse]
         cases.append({"name": name, "mode": mode, "variables": 3, "steps": STEPS,
                       "hypers": _hypers(dtype)})
         inputs[name] = _inputs(dtype, sparse)
