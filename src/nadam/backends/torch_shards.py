@@ -149,10 +149,19 @@ def sum_partials(shardings: Sequence[Sharding], partials: Sequence[np.generic]) 
         mesh = shardings[positions[0]].mesh
         buffer = torch.tensor(
             [float(partials[p]) if shardings[p].primary else 0.0 for p in positions],
-            dtype=torch.float64,
+            dtype=torch.float64, device=_collective_device(mesh),
         )
         group = mesh.get_group() if mesh.ndim == 1 else None  # None: the default group
         torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.SUM, group=group)
         for position, total in zip(positions, buffer.tolist(), strict=True):
             totals[position] = partials[position].dtype.type(total)
     return totals
+
+
+def _collective_device(mesh: Any) -> torch.device:
+    """Where the mesh's backend reduces: the host for gloo (a CPU mesh), the current device
+    of the mesh's type otherwise (NCCL reduces device tensors only)."""
+    if mesh.device_type == "cpu":
+        return torch.device("cpu")
+    module = torch.get_device_module(mesh.device_type)
+    return torch.device(mesh.device_type, module.current_device())
