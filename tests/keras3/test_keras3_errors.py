@@ -169,3 +169,22 @@ def test_other_keras_backends_are_refused() -> None:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=300)
     assert "runs on Keras 3's jax, tensorflow, torch backends" in done.stdout, done.stderr
+
+
+def test_xla_on_tensorflow_warns_that_bits_change() -> None:
+    code = """
+import warnings, numpy as np, keras, tensorflow as tf
+from nadam.keras import Nadam
+x = keras.Variable(np.ones(3, np.float32))
+opt = Nadam()
+opt.build([x])
+for jit in (False, True):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tf.function(lambda: opt.apply([tf.ones(3)], [x]), jit_compile=jit)()
+    print(jit, sum("compiled with XLA" in str(w.message) for w in caught))
+"""
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.stdout.split("\n")[-3:-1] == ["False 0", "True 1"], done.stderr[-2000:]

@@ -219,6 +219,14 @@ class Nadam(keras.optimizers.Optimizer):
         if self._backend_name == "torch":
             self._engine_step(grads, trainable_variables, learning_rate)
             return
+        if self._backend_name == "tensorflow" and _in_tf_xla_context():
+            warnings.warn(
+                "nadam.keras.Nadam is being compiled with XLA (jit_compile=True): XLA fuses "
+                "multiply-adds and rewrites divisions, so the steps will not have Keras 2's "
+                "bits. Compile the model with jit_compile=False to keep them.",
+                UserWarning,
+                stacklevel=2,
+            )
         kernel = self._kernel()
         iterations = keras.ops.convert_to_tensor(self.iterations)
         learning_rate = keras.ops.convert_to_tensor(learning_rate)
@@ -477,6 +485,14 @@ def _check_gradients(grads: Sequence[Any], variables: Sequence[Any]) -> None:
                     f"Gradient for variable {name} has shape {grad_shape}, but the variable "
                     f"has shape {tuple(variable.shape)}"
                 )
+
+
+def _in_tf_xla_context() -> bool:
+    """Whether TensorFlow is tracing for XLA here (`tf.function(jit_compile=True)`)."""
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
 
 
 def _torch_dense(grad: Any, like: Any) -> Any:
