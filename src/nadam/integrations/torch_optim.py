@@ -147,7 +147,6 @@ class Nadam(torch.optim.Optimizer):
         clipnorm, clipvalue, global_clipnorm: Keras's gradient clipping, applied inside
             `step()`. The global norm is taken over the gradients of every group that shares
             the same `global_clipnorm`.
-
         in_backward: step each parameter inside `backward()` as soon as its gradient is
             accumulated, and free that gradient (one backward is one step; `step()` then
             updates nothing). `global_clipnorm` cannot be used so. See
