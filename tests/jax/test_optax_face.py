@@ -23,7 +23,13 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 from jax import lax  # noqa: E402
-from xla_helpers import DTYPES, assert_same_bits, global_x64, x64_for  # noqa: E402
+from xla_helpers import (  # noqa: E402
+    DTYPES,
+    assert_same_bits,
+    global_x64,
+    guards_removed,
+    x64_for,
+)
 
 import nadam  # noqa: E402
 from nadam import schedules  # noqa: E402
@@ -407,3 +413,21 @@ def test_to_keras_weights_checks_that_the_state_is_for_these_params():
     state = optax_nadam().init(params)
     with pytest.raises(ValueError):
         to_keras_weights(state, {"w": jnp.ones(4), "b": jnp.ones(2)})
+
+
+def test_gradients_flow_through_the_step_as_through_the_plain_formula():
+    # The guards pass values through their bits; their derivative must still be the identity
+    # (meta-learning differentiates through optimizer steps), not the bitcast's zero.
+    tx = optax_nadam(0.1)
+    p = jnp.asarray([1.0, -2.0, 0.5])
+    _, state = tx.update(jnp.asarray([0.3, 0.1, -0.2]), tx.init(p))
+
+    def loss(g):
+        return (optax.apply_updates(p, tx.update(g, state)[0]) ** 2).sum()
+
+    g = jnp.asarray([0.1, -0.4, 2.0])
+    guarded = np.asarray(jax.grad(loss)(g))
+    with guards_removed():
+        plain = np.asarray(jax.grad(loss)(g))
+    assert np.all(guarded != 0)
+    np.testing.assert_allclose(guarded, plain, rtol=1e-5)  # float32, FMAs or not

@@ -131,11 +131,27 @@ def _sign_zero(a: jax.Array, int_dtype: np.dtype) -> jax.Array:
     return sign.astype(int_dtype)
 
 
+@jax.custom_jvp
+def _same_value(a: jax.Array, zero: jax.Array) -> jax.Array:
+    """`a` (broadcast against `zero`) through its bits XORed with `zero`: the same value, which
+    the compiler cannot see through."""
+    return _from_bits(_bits(a) ^ zero, a.dtype)
+
+
+@_same_value.defjvp
+def _same_value_jvp(primals: tuple, tangents: tuple) -> tuple:
+    # The value is `a`, so is its derivative (a bitcast alone would differentiate to 0, and
+    # gradients taken through the optimizer's step would silently vanish).
+    a, zero = primals
+    out = _same_value(a, zero)
+    return out, jnp.broadcast_to(tangents[0], out.shape).astype(out.dtype)
+
+
 def _unfused(product: jax.Array, zero: jax.Array) -> jax.Array:
     """`product`, in a form LLVM cannot contract with the sum it feeds into one FMA."""
     if not _GUARDS_ENABLED:
         return product
-    return _from_bits(_bits(product) ^ zero, product.dtype)
+    return _same_value(product, zero)
 
 
 def _divided(a: jax.Array, divisor: jax.Array, element_zero: jax.Array) -> jax.Array:
@@ -146,7 +162,7 @@ def _divided(a: jax.Array, divisor: jax.Array, element_zero: jax.Array) -> jax.A
     """
     if not _GUARDS_ENABLED:
         return a / divisor
-    return a / _from_bits(_bits(divisor) ^ element_zero, a.dtype)
+    return a / _same_value(divisor, element_zero)
 
 
 # --- the scalars -------------------------------------------------------------------------
