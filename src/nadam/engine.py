@@ -286,7 +286,7 @@ class VariableMemo:
         update = Update(backend, var, None, backend.dtype(var), backend.device(var), group)
         return KnownVariable(
             var, backend.signature(var), backend, key, backend.span(var), update,
-            kept=backend.read(var),
+            kept=backend.signature_anchor(var),
         )
 
     def same_variables(self, known: Sequence[KnownVariable]) -> bool:

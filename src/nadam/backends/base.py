@@ -88,7 +88,13 @@ class Backend(Protocol):
         """A cheap, comparable summary of everything the checks of `var` depend on (its
         memory, shape, strides, dtype, writability): while it is unchanged, so are they.
 
-        It may identify the array by `id()`: the caller keeps `read(var)` alive meanwhile."""
+        It may identify the array by `id()` or its address: the caller keeps
+        `signature_anchor(var)` alive meanwhile."""
+
+    def signature_anchor(self, var: Any) -> Any:
+        """What must stay alive while `signature(var)` is remembered, so that no other array
+        takes its id or address: the array itself, or None where the signature names no
+        memory (keeping an immutable value alive would only hold its buffer)."""
 
     def span(self, var_or_array: Any) -> tuple[int, int] | None:
         """The bytes ``[low, high)`` a variable's or array's elements occupy (None: none).

@@ -122,6 +122,11 @@ class JaxBackend:
         array = self.read(var)
         return (array.shape, array.dtype, array.sharding)
 
+    def signature_anchor(self, var: Any) -> Any:
+        # The signature names no memory; keeping the value would pin a buffer the step could
+        # otherwise donate (kernels.jax_variables), or keep a replaced one alive.
+        return None
+
     def span(self, var_or_array: Any) -> tuple[int, int] | None:
         if isinstance(var_or_array, Variable):
             return (id(var_or_array), id(var_or_array) + 1)

@@ -88,6 +88,9 @@ class NumpyBackend:
         array = var._value if isinstance(var, Variable) else var
         return (id(array), array.shape, array.strides, array.dtype, array.flags.writeable)
 
+    def signature_anchor(self, var: Any) -> Any:
+        return var._value if isinstance(var, Variable) else var
+
     def memory_owner(self, var_or_array: Any) -> Any:
         array = var_or_array._value if isinstance(var_or_array, Variable) else var_or_array
         base = getattr(array, "base", False)

@@ -261,6 +261,11 @@ class TorchBackend:
             var.layout,
         )
 
+    def signature_anchor(self, var: Any) -> Any:
+        # An alias of the storage, not the tensor: `p.data = other` must not free the memory
+        # whose address the signature remembers.
+        return self.read(var)
+
     def span(self, var_or_array: Any) -> tuple[int, int] | None:
         tensor = var_or_array
         if type(tensor) not in _TENSOR_TYPES and torch_shards.is_sharded(tensor):
