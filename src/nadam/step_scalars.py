@@ -1,9 +1,17 @@
-"""The Nadam rule's per-step scalars, computed op by op in the variable's dtype as Keras 2 does.
+"""The Nadam rule's per-step scalars, written once for every backend (SPEC section 2).
 
-SPEC section 2: `mu_t`, `mu_{t+1}`, the running products of the momentum schedule and the bias
-corrections, each scalar op in the variable's dtype and in Keras's order; TensorFlow's C-library
-`pow` (`tf_math`) and its flushing of subnormal results to zero. The element-wise half of the
-rule is `kernels.reference`.
+`mu_t`, `mu_{t+1}`, the running products of the momentum schedule and the bias corrections,
+each scalar op in the variable's dtype and in Keras's order. The rule (`scalar_rule`,
+`momentum_schedule_rule`, `decayed_learning_rate_rule`) is written over a small set of scalar
+ops (`ScalarOps`), so that each backend supplies only how an op runs there:
+
+- here, on the host: NumPy scalars through `tf_math`, TensorFlow's C-library `pow` and its
+  flushing of subnormal results to zero (`nadam_scalars`, `decayed_learning_rate`); the eager
+  faces compute every step's scalars this way;
+- `kernels.xla`: traced JAX, each product guarded against XLA's fused multiply-adds;
+- `kernels.tf_ops`: TensorFlow ops, for Keras 3's TensorFlow backend.
+
+The element-wise half of the rule is `kernels.reference`.
 
 Example:
     >>> s, prod = nadam_scalars("float32", iterations=0, momentum_cache=1.0)
@@ -14,7 +22,8 @@ Example:
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -23,7 +32,153 @@ from nadam.kernels import NadamScalars
 
 _DECAY_BASE = np.float32(0.96)  # Keras casts the literal 0.96 from float32.
 
+T = TypeVar("T")
 
+
+class ScalarOps(Protocol[T]):
+    """The scalar ops the rule is written in, all in one dtype (the op set's), of type `T`.
+
+    An op set (`HostOps` here; `kernels.xla` and `kernels.tf_ops` have theirs) says how each
+    op rounds and flushes on its backend; the rule says which ops run and in what order.
+
+    Example:
+        >>> ops = HostOps(np.dtype("float32"))
+        >>> print(ops.one_minus(ops.mul(ops.const(0.5), ops.const(0.5))))
+        0.75
+    """
+
+    def const(self, value: Any) -> T:
+        """A literal of the rule (1, 0.5, the float32 0.96), converted to the dtype."""
+        ...
+
+    def hyper(self, value: Any) -> T:
+        """A hyperparameter as Keras's hyper variables hold it: a Python number through
+        float32 first, then cast (`keras_cast`)."""
+        ...
+
+    def direct(self, value: Any) -> T:
+        """A value Keras converts to the dtype directly (epsilon, schedule_decay)."""
+        ...
+
+    def step(self, iterations: Any, offset: int) -> T:
+        """The integer count `iterations + offset`, converted to the dtype."""
+        ...
+
+    def cast(self, value: Any) -> T:
+        """A value of the optimizer's state (the momentum cache) cast to the dtype."""
+        ...
+
+    def mul(self, a: T, b: T) -> T:
+        """`a * b`, rounded (and flushed) on its own before whatever sum it feeds."""
+        ...
+
+    def one_minus(self, x: T) -> T:
+        """`1 - x`. Never subnormal for any `x` (a difference that small would need `x`
+        within the smallest normal number of 1, where floats are spaced far wider), and a
+        subnormal `x` gives 1 whether it is flushed or not: no backend flushes here."""
+        ...
+
+    def add(self, a: T, b: T) -> T:
+        """`a + b`."""
+        ...
+
+    def div(self, a: T, b: T) -> T:
+        """`a / b`, rounded once."""
+        ...
+
+    def pow(self, base: T, exponent: T) -> T:
+        """`base ** exponent` as TensorFlow's Pow: the C library's `powf`/`pow`."""
+        ...
+
+    def if_positive(self, x: T, then: Callable[[], T], otherwise: T) -> T:
+        """`then()` where `x > 0`, else `otherwise` (`then` may be left uncalled)."""
+        ...
+
+    def momentum(self, beta_1: T, schedule_decay: T, t: T) -> T:
+        """mu_t (`momentum_schedule_rule`); an op set may remember it between steps."""
+        return momentum_schedule_rule(self, beta_1, schedule_decay, t)
+
+
+def momentum_schedule_rule(ops: ScalarOps[T], beta_1: T, schedule_decay: T, t: T) -> T:
+    """mu_t = beta_1 * (1 - 0.5 * 0.96 ** (schedule_decay * t)), op by op in `ops`.
+
+    Example:
+        >>> ops = HostOps(np.dtype("float32"))
+        >>> t = ops.step(0, 1)
+        >>> print(momentum_schedule_rule(ops, ops.hyper(0.9), ops.direct(0.004), t))
+        0.45007348
+    """
+    power = ops.pow(ops.const(_DECAY_BASE), ops.mul(schedule_decay, t))
+    return ops.mul(beta_1, ops.one_minus(ops.mul(ops.const(0.5), power)))
+
+
+def scalar_rule(
+    ops: ScalarOps[T],
+    iterations: Any,
+    momentum_cache: Any,
+    lr: Any,
+    beta_1: Any,
+    beta_2: Any,
+    epsilon: Any,
+    schedule_decay: Any,
+) -> tuple[NadamScalars, T]:
+    """One step's scalars in `ops`'s dtype, and the new momentum cache (`prod`).
+
+    `iterations` is the count before this step. `lr`, `beta_1` and `beta_2` are read as
+    Keras's hyper variables (`ops.hyper`), `epsilon` and `schedule_decay` converted directly.
+
+    Example:
+        >>> s, prod = scalar_rule(HostOps(np.dtype("float64")), 0, 1.0, 0.001, 0.9, 0.999,
+        ...                       1e-7, 0.004)
+        >>> print(prod)  # beta_1 = 0.9 through float32
+        0.4500734617086473
+    """
+    lr_t, beta_1_t, beta_2_t = ops.hyper(lr), ops.hyper(beta_1), ops.hyper(beta_2)
+    local_step, next_step = ops.step(iterations, 1), ops.step(iterations, 2)
+    decay = ops.direct(schedule_decay)
+    mu_t = ops.momentum(beta_1_t, decay, local_step)
+    mu_t1 = ops.momentum(beta_1_t, decay, next_step)
+    # The products round and flush before `1 - prod`: TensorFlow's CPU kernels flush
+    # subnormal results to 0, so Keras's momentum cache becomes exactly 0 once the product
+    # underflows (float32 with the defaults: from step 111 on; float64: step 976), and x86
+    # decides that before rounding to the subnormal range (`tf_math.mul`).
+    prod = ops.mul(ops.cast(momentum_cache), mu_t)
+    prod1 = ops.mul(prod, mu_t1)
+    scalars = NadamScalars(
+        lr=lr_t,
+        beta_1=beta_1_t,
+        beta_2=beta_2_t,
+        one_minus_beta_1=ops.one_minus(beta_1_t),
+        one_minus_beta_2=ops.one_minus(beta_2_t),
+        epsilon=ops.direct(epsilon),
+        one_minus_mu_t=ops.one_minus(mu_t),
+        mu_t1=mu_t1,
+        one_minus_prod=ops.one_minus(prod),
+        one_minus_prod1=ops.one_minus(prod1),
+        v_correction=ops.one_minus(ops.pow(beta_2_t, local_step)),
+    )
+    return scalars, prod
+
+
+def decayed_learning_rate_rule(
+    ops: ScalarOps[T], learning_rate: Any, decay: Any, iterations: Any
+) -> T:
+    """`lr / (1 + decay * iterations)` in `ops`'s dtype, or `lr` when decay is 0 (SPEC 4.1).
+
+    Example:
+        >>> print(decayed_learning_rate_rule(HostOps(np.dtype("float32")), 0.1, 1.0, 1))
+        0.05
+    """
+    lr = ops.hyper(learning_rate)
+    decay_t = ops.hyper(decay)
+    return ops.if_positive(
+        decay_t,
+        lambda: ops.div(lr, ops.add(ops.const(1), ops.mul(decay_t, ops.step(iterations, 0)))),
+        lr,
+    )
+
+
+# --- the host's ops: NumPy scalars, as TensorFlow's CPU kernels compute them ------------------
 def keras_cast(value: Any, dtype: np.dtype) -> np.generic:
     """Cast a hyperparameter as Keras does: a Python number goes through float32 first."""
     if not isinstance(value, np.generic) and isinstance(value, numbers.Real):
@@ -31,6 +186,77 @@ def keras_cast(value: Any, dtype: np.dtype) -> np.generic:
     if isinstance(value, np.floating):
         return tf_math.cast(value, dtype)  # TensorFlow's Cast: a subnormal float32 reads as 0
     return dtype.type(value)
+
+
+class HostOps(ScalarOps[np.generic]):
+    """The rule on NumPy scalars of `dtype`, each op flushed as TensorFlow's CPU kernel
+    flushes it (`tf_math`: subnormal operands read as 0; a product rounded up to the
+    smallest normal number can still be 0).
+
+    On the hot path of every eager step: one instance per dtype (`host_ops`), the ops
+    bound straight to `tf_math`'s functions.
+
+    Example:
+        >>> ops = host_ops(np.dtype("float32"))
+        >>> print(ops.mul(np.float32(0.6184053), np.float32(1.9008478e-38)))
+        0.0
+    """
+
+    mul = staticmethod(tf_math.mul)
+    add = staticmethod(tf_math.add)
+    div = staticmethod(tf_math.div)
+    pow = staticmethod(tf_math.pow)
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = dtype
+        self._type = dtype.type
+        self._one = dtype.type(1)
+
+    def const(self, value: Any) -> np.generic:
+        return self._type(value)
+
+    def hyper(self, value: Any) -> np.generic:
+        return keras_cast(value, self.dtype)
+
+    def direct(self, value: Any) -> np.generic:
+        return self._type(value)
+
+    def step(self, iterations: int, offset: int) -> np.generic:
+        return self._type(iterations + offset)
+
+    def cast(self, value: Any) -> np.generic:
+        # Keras casts a cache of another dtype (TensorFlow's Cast, DAZ included).
+        value = value if isinstance(value, np.floating) else self._type(value)
+        return tf_math.cast(value, self.dtype)
+
+    def one_minus(self, x: np.generic) -> np.generic:
+        # TensorFlow's Sub without a flush (see `ScalarOps.one_minus`): tf_math.sub would
+        # give the same, slower.
+        return self._one - x
+
+    def if_positive(
+        self, x: np.generic, then: Callable[[], np.generic], otherwise: np.generic
+    ) -> np.generic:
+        return then() if x > 0 else otherwise
+
+    def momentum(self, beta_1: np.generic, schedule_decay: np.generic, t: np.generic) -> Any:
+        return momentum_schedule(beta_1, schedule_decay, t)
+
+
+_HOST_OPS: dict[np.dtype, HostOps] = {}
+
+
+def host_ops(dtype: np.dtype) -> HostOps:
+    """The host's op set for `dtype`, made once.
+
+    Example:
+        >>> host_ops(np.dtype("float64")) is host_ops(np.dtype("float64"))
+        True
+    """
+    ops = _HOST_OPS.get(dtype)
+    if ops is None:
+        ops = _HOST_OPS[dtype] = HostOps(dtype)
+    return ops
 
 
 def decayed_learning_rate(
@@ -42,18 +268,7 @@ def decayed_learning_rate(
         >>> print(decayed_learning_rate(np.float32(0.1), np.float32(1.0), 1, np.dtype("f4")))
         0.05
     """
-    lr_t = _cast(learning_rate[()], dtype)
-    decay_t = _cast(decay[()], dtype)
-    if decay_t > 0:
-        # TensorFlow's scalar ops, each flushed as its CPU kernel flushes (tf_math).
-        steps = tf_math.mul(decay_t, dtype.type(iterations))
-        lr_t = tf_math.div(lr_t, tf_math.add(dtype.type(1), steps))
-    return lr_t
-
-
-def _cast(value: Any, dtype: np.dtype) -> np.generic:
-    """A stored hyperparameter in `dtype` as TensorFlow's Cast makes it (tf_math.cast)."""
-    return tf_math.cast(value, dtype) if isinstance(value, np.floating) else dtype.type(value)
+    return decayed_learning_rate_rule(host_ops(dtype), learning_rate[()], decay[()], iterations)
 
 
 _MU_CACHE: dict[tuple[Any, ...], np.generic] = {}
@@ -65,15 +280,15 @@ def momentum_schedule(beta_1: np.generic, schedule_decay: np.generic, t: np.gene
     Remembered for a few steps: each step needs mu_t and mu_{t+1}, and the next step's mu_t is
     this one's mu_{t+1}. Keyed by the operands' bits (not their values: 0.5 in float32 and in
     float64 compare equal, -0.0 and 0.0 too).
+
+    Example:
+        >>> print(momentum_schedule(np.float32(0.9), np.float32(0.004), np.float32(1)))
+        0.45007348
     """
     key = (beta_1.dtype.char, beta_1.tobytes(), schedule_decay.tobytes(), t.tobytes())
     mu = _MU_CACHE.get(key)
     if mu is None:
-        d = beta_1.dtype.type
-        # Each scalar op flushed as TensorFlow's kernel flushes it (tf_math: subnormal
-        # operands read as 0; a product rounded up to the smallest normal can still be 0).
-        power = tf_math.pow(d(_DECAY_BASE), tf_math.mul(schedule_decay, t))
-        mu = tf_math.mul(beta_1, tf_math.sub(d(1), tf_math.mul(d(0.5), power)))
+        mu = momentum_schedule_rule(host_ops(beta_1.dtype), beta_1, schedule_decay, t)
         if len(_MU_CACHE) >= 64:
             _MU_CACHE.clear()
         _MU_CACHE[key] = mu
@@ -92,42 +307,15 @@ def nadam_scalars(
 ) -> tuple[NadamScalars, np.generic]:
     """One step's scalars in `dtype`, and the new momentum cache (`prod`) in `dtype`.
 
-    Every scalar op runs in `dtype`, in Keras 2's order. `lr`, `beta_1` and `beta_2` given as
-    Python numbers are rounded to float32 first, as Keras's hyper variables are; NumPy scalars
-    are cast directly. `epsilon` and `schedule_decay` convert to `dtype` directly.
+    Every scalar op runs in `dtype`, in Keras 2's order (`scalar_rule` on `HostOps`). `lr`,
+    `beta_1` and `beta_2` given as Python numbers are rounded to float32 first, as Keras's
+    hyper variables are; NumPy scalars are cast directly. `epsilon` and `schedule_decay`
+    convert to `dtype` directly.
+
+    Example:
+        >>> s, prod = nadam_scalars(np.float64, iterations=0, momentum_cache=1.0)
+        >>> print(s.one_minus_prod)
+        0.5499265382913527
     """
-    dtype = np.dtype(dtype)
-    d = dtype.type
-    lr_t, beta_1_t, beta_2_t = (keras_cast(x, dtype) for x in (lr, beta_1, beta_2))
-    one = d(1)
-    local_step, next_step = d(iterations + 1), d(iterations + 2)
-    decay = d(schedule_decay)
-    mu_t = momentum_schedule(beta_1_t, decay, local_step)
-    mu_t1 = momentum_schedule(beta_1_t, decay, next_step)
-    # TensorFlow's CPU kernels flush subnormal results to 0: Keras's momentum cache becomes
-    # exactly 0 once the product underflows (float32 with the defaults: from step 111 on;
-    # float64: step 976), where NumPy would keep a subnormal; and x86 decides that before
-    # rounding to the subnormal range, so a product that IEEE rounds up to the smallest
-    # normal number can be 0 too (`tf_math.mul`). Keras casts a cache of another dtype.
-    cache = momentum_cache if isinstance(momentum_cache, np.floating) else d(momentum_cache)
-    prod = tf_math.mul(tf_math.cast(cache, dtype), mu_t)
-    prod1 = tf_math.mul(prod, mu_t1)
-    # lr, beta_1, beta_2 and epsilon are read as they are (tf.identity, a constant); the
-    # kernels flush what they read. The differences `1 - x` are TensorFlow's without a flush
-    # (tf_math.sub would give the same, slower): every x is in [0, 1] (flushed already, or a
-    # beta, whose subnormal value TF reads as 0 where IEEE rounds 1 - x to 1 all the same),
-    # so each difference is 0 or at least half an ulp of 1, never subnormal.
-    scalars = NadamScalars(
-        lr=lr_t,
-        beta_1=beta_1_t,
-        beta_2=beta_2_t,
-        one_minus_beta_1=one - beta_1_t,
-        one_minus_beta_2=one - beta_2_t,
-        epsilon=d(epsilon),
-        one_minus_mu_t=one - mu_t,
-        mu_t1=mu_t1,
-        one_minus_prod=one - prod,
-        one_minus_prod1=one - prod1,
-        v_correction=one - tf_math.pow(beta_2_t, local_step),
-    )
-    return scalars, prod
+    return scalar_rule(host_ops(np.dtype(dtype)), iterations, momentum_cache, lr, beta_1,
+                       beta_2, epsilon, schedule_decay)

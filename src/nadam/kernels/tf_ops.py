@@ -2,10 +2,11 @@
 
 Keras 2's Nadam is a sequence of TensorFlow ops; writing the same ops in the same order gives
 the same bits, because they are the same CPU kernels: the C library's `pow`, flush-to-zero and
-denormals-are-zero included (`kernels.reference` says where TensorFlow flushes). So here every
-scalar follows `step_scalars.nadam_scalars` and every element-wise op `kernels.reference`, op
-for op, with nothing to emulate. The functions are pure (they return new tensors) and trace
-inside `tf.function`, which `model.fit` uses; `iterations` may be a symbolic tensor.
+denormals-are-zero included (`kernels.reference` says where TensorFlow flushes). So here the
+scalars are `step_scalars.scalar_rule` itself, run on TensorFlow ops, and every element-wise
+op follows `kernels.reference`, op for op, with nothing to emulate. The functions are pure
+(they return new tensors) and trace inside `tf.function`, which `model.fit` uses;
+`iterations` may be a symbolic tensor.
 
 `g * g` is written `tf.square(g)` (one op, the same bits): inside `tf.function` Grappler's
 arithmetic optimizer reorders a chain of multiplications by a scalar, `c * (g * g)` into
@@ -31,12 +32,14 @@ Example:
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from nadam.kernels import NadamScalars
+from nadam.step_scalars import ScalarOps, decayed_learning_rate_rule, scalar_rule
 
 
 def _hyper(value: Any, dtype: tf.DType) -> tf.Tensor:
@@ -47,26 +50,68 @@ def _hyper(value: Any, dtype: tf.DType) -> tf.Tensor:
     return tf.cast(value, dtype)
 
 
+class _TFOps(ScalarOps[tf.Tensor]):
+    """The scalar rule (`step_scalars.scalar_rule`) in TensorFlow ops of `dtype`: the very
+    kernels Keras 2 runs, so every op is plain (TensorFlow rounds and flushes them itself)."""
+
+    def __init__(self, dtype: tf.DType) -> None:
+        self.dtype = dtype
+
+    def const(self, value: Any) -> tf.Tensor:
+        if isinstance(value, np.generic):
+            return tf.cast(value, self.dtype)  # Keras casts its float32 0.96
+        return tf.constant(value, self.dtype)
+
+    def hyper(self, value: Any) -> tf.Tensor:
+        return _hyper(value, self.dtype)
+
+    def direct(self, value: Any) -> tf.Tensor:
+        return tf.constant(value, self.dtype)
+
+    def step(self, iterations: tf.Tensor, offset: int) -> tf.Tensor:
+        return tf.cast(iterations + offset if offset else iterations, self.dtype)
+
+    def cast(self, value: Any) -> tf.Tensor:
+        return tf.cast(value, self.dtype)
+
+    def mul(self, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        return a * b
+
+    def one_minus(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.constant(1, self.dtype) - x
+
+    def add(self, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        return a + b
+
+    def div(self, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        return a / b
+
+    def pow(self, base: tf.Tensor, exponent: tf.Tensor) -> tf.Tensor:
+        return tf.pow(base, exponent)
+
+    def if_positive(
+        self, x: tf.Tensor, then: Callable[[], tf.Tensor], otherwise: tf.Tensor
+    ) -> tf.Tensor:
+        # Decided while tracing, as Keras 2 decides it on its Python `decay`: the value is a
+        # constant of the graph (a host number cast), which the traced step then need not
+        # carry; a decay known only at run time is selected in the graph.
+        value = tf.get_static_value(x)
+        if value is None:
+            return tf.where(x > 0, then(), otherwise)
+        return then() if value > 0 else otherwise
+
+
 def decayed_learning_rate(
     learning_rate: Any, decay: Any, iterations: Any, dtype: tf.DType
 ) -> tf.Tensor:
     """`lr / (1 + decay * iterations)` in `dtype` (`step_scalars.decayed_learning_rate`).
 
-    `decay` is a host number: with 0 the rate is only cast, as there.
+    Example:
+        >>> print(decayed_learning_rate(0.1, 1.0, 1, tf.float32).numpy())
+        0.05
     """
-    lr = _hyper(learning_rate, dtype)
-    if float(decay) > 0:
-        steps = _hyper(decay, dtype) * tf.cast(iterations, dtype)
-        lr = lr / (tf.constant(1, dtype) + steps)
-    return lr
-
-
-def _momentum_schedule(beta_1: tf.Tensor, schedule_decay: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
-    """mu_t = beta_1 * (1 - 0.5 * 0.96 ** (schedule_decay * t)) (`step_scalars`)."""
-    dtype = beta_1.dtype
-    base = tf.cast(np.float32(0.96), dtype)  # Keras casts the literal from float32
-    power = tf.pow(base, schedule_decay * t)
-    return beta_1 * (tf.constant(1, dtype) - tf.constant(0.5, dtype) * power)
+    return decayed_learning_rate_rule(_TFOps(tf.as_dtype(dtype)), learning_rate, decay,
+                                      iterations)
 
 
 def nadam_scalars(
@@ -81,35 +126,12 @@ def nadam_scalars(
 ) -> tuple[NadamScalars, tf.Tensor]:
     """One step's scalars in `dtype` as 0-d tensors, and the new momentum cache in `dtype`.
 
-    The op sequence of `step_scalars.nadam_scalars`: `learning_rate` (already decayed),
+    `step_scalars.scalar_rule` in TensorFlow ops: `learning_rate` (already decayed),
     `beta_1`, `beta_2` through float32 when they are Python numbers, `epsilon` and
     `schedule_decay` straight to `dtype`, the cache cast to `dtype` before the product.
     """
-    dtype = tf.as_dtype(dtype)
-    one = tf.constant(1, dtype)
-    lr, beta_1_t, beta_2_t = (_hyper(x, dtype) for x in (learning_rate, beta_1, beta_2))
-    iterations = tf.convert_to_tensor(iterations)
-    local_step = tf.cast(iterations + 1, dtype)
-    next_step = tf.cast(iterations + 2, dtype)
-    decay = tf.constant(schedule_decay, dtype)
-    mu_t = _momentum_schedule(beta_1_t, decay, local_step)
-    mu_t1 = _momentum_schedule(beta_1_t, decay, next_step)
-    prod = tf.cast(momentum_cache, dtype) * mu_t
-    prod1 = prod * mu_t1
-    scalars = NadamScalars(
-        lr=lr,
-        beta_1=beta_1_t,
-        beta_2=beta_2_t,
-        one_minus_beta_1=one - beta_1_t,
-        one_minus_beta_2=one - beta_2_t,
-        epsilon=tf.constant(epsilon, dtype),
-        one_minus_mu_t=one - mu_t,
-        mu_t1=mu_t1,
-        one_minus_prod=one - prod,
-        one_minus_prod1=one - prod1,
-        v_correction=one - tf.pow(beta_2_t, local_step),
-    )
-    return scalars, prod
+    return scalar_rule(_TFOps(tf.as_dtype(dtype)), tf.convert_to_tensor(iterations),
+                       momentum_cache, learning_rate, beta_1, beta_2, epsilon, schedule_decay)
 
 
 def dense_update(

@@ -1,7 +1,8 @@
 """Keras 2's Nadam step as pure JAX functions, bit-identical to Keras under `jax.jit` on CPU.
 
 Three functions, each jit/scan/vmap-safe, every op in the variable's dtype and in Keras's order
-(the same rule as `nadam.step_scalars` and `nadam.kernels.reference`):
+(the scalars are `nadam.step_scalars.scalar_rule` itself, run on JAX's ops; the element-wise
+step is `nadam.kernels.reference`'s rule):
 
 - `nadam_scalars(iterations, momentum_cache, learning_rate, beta_1, beta_2, epsilon,
   schedule_decay, dtype)`: one step's `NadamScalars` (0-d arrays) and the new momentum cache;
@@ -56,6 +57,7 @@ Example:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -64,7 +66,12 @@ import numpy as np
 from jax import lax
 
 from nadam.kernels import NadamScalars
-from nadam.step_scalars import keras_cast
+from nadam.step_scalars import (
+    ScalarOps,
+    decayed_learning_rate_rule,
+    keras_cast,
+    scalar_rule,
+)
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -81,9 +88,6 @@ SUPPORTED_DTYPES = {
     np.dtype(np.float32): np.dtype(np.int32),
     np.dtype(np.float64): np.dtype(np.int64),
 }
-
-# Keras's base of the momentum schedule, the literal 0.96 read as float32.
-_DECAY_BASE = np.float32(0.96)
 
 # Tests turn the guards off to show that the regression test catches their loss. Never set
 # it elsewhere: the step stops being exact.
@@ -183,15 +187,59 @@ def _direct(value: Any, dtype: np.dtype) -> jax.Array:
     return jnp.asarray(np.asarray(value).astype(dtype), dtype)
 
 
-def _momentum_schedule(
-    beta_1: jax.Array, schedule_decay: jax.Array, t: jax.Array, zero: jax.Array
-) -> jax.Array:
-    """mu_t = beta_1 * (1 - 0.5 * 0.96 ** (schedule_decay * t)), op by op in their dtype."""
-    d = beta_1.dtype
-    power = lax.pow(jnp.asarray(_DECAY_BASE, d), schedule_decay * t)
-    # Both products feed a subtraction: `1 - 0.5 * power` here, `1 - mu_t` in the caller.
-    mu = beta_1 * (jnp.asarray(1, d) - _unfused(jnp.asarray(0.5, d) * power, zero))
-    return _unfused(mu, zero)
+class _XlaOps(ScalarOps[jax.Array]):
+    """The scalar rule (`step_scalars.scalar_rule`) in traced JAX, in `dtype`.
+
+    Made inside the jitted function, as it carries that trace's run-time `zero`: every
+    product is guarded (`_unfused`), since each one feeds a sum there (`1 - 0.5 * power`,
+    `1 - mu_t`, `1 - prod`, `1 + decay * t`) or, in the schedule, a `pow`, where the guard
+    changes nothing. The hyperparameters arrive converted (`_hyper`, `_direct`, before the
+    jit, where a Python number can still be told from an array).
+    """
+
+    def __init__(self, dtype: np.dtype, zero: jax.Array) -> None:
+        self.dtype = dtype
+        self.zero = zero
+
+    def const(self, value: Any) -> jax.Array:
+        return jnp.asarray(value, self.dtype)
+
+    def hyper(self, value: jax.Array) -> jax.Array:
+        return value.astype(self.dtype)
+
+    direct = hyper
+
+    def step(self, iterations: jax.Array, offset: int) -> jax.Array:
+        return (iterations + offset if offset else iterations).astype(self.dtype)
+
+    def cast(self, value: jax.Array) -> jax.Array:
+        return value.astype(self.dtype)
+
+    def mul(self, a: jax.Array, b: jax.Array) -> jax.Array:
+        return _unfused(a * b, self.zero)
+
+    def one_minus(self, x: jax.Array) -> jax.Array:
+        return jnp.asarray(1, self.dtype) - x
+
+    def add(self, a: jax.Array, b: jax.Array) -> jax.Array:
+        return a + b
+
+    def div(self, a: jax.Array, b: jax.Array) -> jax.Array:
+        return a / b  # two scalars: no broadcast for XLA to turn into a reciprocal
+
+    def pow(self, base: jax.Array, exponent: jax.Array) -> jax.Array:
+        return lax.pow(base, exponent)
+
+    def if_positive(
+        self, x: jax.Array, then: Callable[[], jax.Array], otherwise: jax.Array
+    ) -> jax.Array:
+        # `x` may be traced (a decay given as an array): both sides are computed.
+        return jnp.where(x > 0, then(), otherwise)
+
+
+def _ops(iterations: jax.Array, dtype: np.dtype) -> _XlaOps:
+    """The op set for this trace, its guards' zero taken from the (non-negative) count."""
+    return _XlaOps(dtype, _sign_zero(iterations, SUPPORTED_DTYPES[dtype]))
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
@@ -205,29 +253,8 @@ def _scalars(
     schedule_decay: jax.Array,
     dtype: np.dtype,
 ) -> tuple[NadamScalars, jax.Array]:
-    zero = _sign_zero(iterations, SUPPORTED_DTYPES[dtype])
-    one = jnp.asarray(1, dtype)
-    local_step = (iterations + 1).astype(dtype)
-    next_step = (iterations + 2).astype(dtype)
-    mu_t = _momentum_schedule(beta_1, schedule_decay, local_step, zero)
-    mu_t1 = _momentum_schedule(beta_1, schedule_decay, next_step, zero)
-    # The products round (and flush, as TensorFlow's kernels do) before `1 - prod`.
-    prod = _unfused(momentum_cache.astype(dtype) * mu_t, zero)
-    prod1 = _unfused(prod * mu_t1, zero)
-    scalars = NadamScalars(
-        lr=lr,
-        beta_1=beta_1,
-        beta_2=beta_2,
-        one_minus_beta_1=one - beta_1,
-        one_minus_beta_2=one - beta_2,
-        epsilon=epsilon,
-        one_minus_mu_t=one - mu_t,
-        mu_t1=mu_t1,
-        one_minus_prod=one - prod,
-        one_minus_prod1=one - prod1,
-        v_correction=one - lax.pow(beta_2, local_step),
-    )
-    return scalars, prod
+    return scalar_rule(_ops(iterations, dtype), iterations, momentum_cache, lr, beta_1, beta_2,
+                       epsilon, schedule_decay)
 
 
 def nadam_scalars(
@@ -271,9 +298,7 @@ def nadam_scalars(
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
 def _decayed(lr: jax.Array, decay: jax.Array, iterations: jax.Array, dtype: np.dtype) -> Any:
-    zero = _sign_zero(iterations, SUPPORTED_DTYPES[dtype])
-    steps = _unfused(decay * iterations.astype(dtype), zero)
-    return jnp.where(decay > 0, lr / (jnp.asarray(1, dtype) + steps), lr)
+    return decayed_learning_rate_rule(_ops(iterations, dtype), lr, decay, iterations)
 
 
 def decayed_learning_rate(
