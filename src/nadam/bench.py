@@ -278,7 +278,8 @@ def _setup_optax_transformation(case: Case, tx: Any) -> Callable[[], None]:
 
 def setup_nadam_jax(case: Case) -> Callable[[], None]:
     """`nadam.Nadam` (the Keras face) on `nadam.Variable`s holding JAX arrays: the step's
-    scalars on the host, the update jitted per group with the slots donated."""
+    scalars on the host, the update jitted per group with its buffers donated (a variable's
+    where nothing else holds its array)."""
     jax = _import("jax")
     import nadam
 
@@ -439,7 +440,7 @@ IMPLS = {
         Impl("nadam-reference", "nadam, reference kernel", setup_nadam_reference, False),
         Impl("torch-forloop", "`torch.optim.NAdam` (for-loop)", setup_torch_forloop, True),
         Impl("torch-foreach", "`torch.optim.NAdam` (foreach)", setup_torch_foreach, True),
-        Impl("nadam-jax", "`nadam.Nadam` on JAX Variables (XLA kernel, slots donated)",
+        Impl("nadam-jax", "`nadam.Nadam` on JAX Variables (XLA kernel, buffers donated)",
              setup_nadam_jax, False),
         Impl("optax", "`optax.nadam` (jit, donated)", setup_optax, True),
         Impl("nadam-optax", "`nadam.optax.nadam` (jit, donated)", setup_nadam_optax, False),
