@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from gloo_processes import free_port
 
 import nadam
 
@@ -39,17 +39,11 @@ def _snippet(heading: str) -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _run_on_two_gloo_processes(script: Path, timeout_s: float) -> None:
     """Runs `script` as ranks 0 and 1 of a 2-process job; fails with the stderr of a rank that
     exits non-zero. Kills only the ranks it started if they outlive `timeout_s`."""
     base = {**os.environ, "PYTHONPATH": str(SRC), "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+            "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
     if sys.platform.startswith("linux"):
         # The address is loopback: let gloo pick that interface rather than guess one.
         base.setdefault("GLOO_SOCKET_IFNAME", "lo")

@@ -11,44 +11,18 @@ optimizer that resume bit-identically.
 
 from __future__ import annotations
 
-import socket
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sharded_worker as worker
 import torch
-import torch.multiprocessing as mp
+from gloo_processes import free_port, spawn
 
 import nadam
 import nadam.torch
 
-TIMEOUT_S = 90
 CLIPPED_RTOL = 1e-6
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def spawn(target, world: int, args: tuple, timeout_s: float = TIMEOUT_S) -> None:
-    """Run `target(rank, *args)` on `world` spawned processes; fail after `timeout_s`, and
-    terminate whatever this call started that is still running."""
-    context = mp.start_processes(target, args=args, nprocs=world, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the {world} gloo processes did not finish in {timeout_s} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()  # only the processes this call started
-                process.join(5)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +38,7 @@ def worlds(tmp_path_factory) -> dict[int, Path]:
         if world not in done:
             out = tmp_path_factory.mktemp(f"sharded{world}")
             try:
-                spawn(worker.run, world, (world, _free_port(), str(out)))
+                spawn(worker.run, world, (world, free_port(), str(out)))
             except BaseException as error:
                 failed[world] = f"the {world}-rank run failed: {error}"
                 raise

@@ -10,30 +10,23 @@ uninterrupted run bit for bit (2 gloo processes).
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sharded_worker as worker
 import torch
-from test_sharded_dtensor_fsdp2 import spawn
+from gloo_processes import free_port, spawn
 
 import nadam.torch
 
 WORLD = 2
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def out(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("zero")
-    ports = (_free_port(), _free_port())
+    ports = (free_port(), free_port())
     spawn(worker.run_zero, WORLD, (WORLD, ports, str(out)))
     return out
 
