@@ -52,6 +52,9 @@ def _keras_face(size: int, rng: np.random.Generator):  # pragma: no cover - a su
 
 def main() -> None:  # pragma: no cover - a subprocess
     face, size, trials = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    # A process started in the background (`cmd &` in a script, nohup) inherits SIGINT as
+    # ignored and Python then never raises KeyboardInterrupt: the timer's Ctrl-C must land.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rng = np.random.default_rng(7)
     make = (_torch_face if face == "torch" else _keras_face)(size, rng)
     interrupted = inconsistent = 0
