@@ -467,6 +467,49 @@ def _scalars(
     )
 
 
+def prepare_traced(
+    kernel: Any,
+    iterations: Any,
+    momentum_cache: Any,
+    dtypes: Iterable[Any],
+    learning_rate: Any,
+    decay: Any,
+    beta_1: Any,
+    beta_2: Any,
+    epsilon: Any,
+    schedule_decay: Any,
+    cache_dtype: Any = None,
+) -> tuple[dict[Any, NadamScalars], Any]:
+    """`prepare` for a step inside a trace (`jax.jit`, `tf.function`), where the host cannot
+    be called: the scalars once per variable dtype and the next momentum cache, computed by
+    `kernel`'s traced twin of the rule (`kernels.xla`, `kernels.tf_ops`, which share
+    `step_scalars.scalar_rule`). One param group; `iterations` and `momentum_cache` may be
+    traced values. The cache advances in its own dtype (`cache_dtype`, named as `dtypes` name
+    theirs; by default `momentum_cache.dtype`), whatever the variables' dtypes.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from nadam.kernels import xla
+        >>> scalars, cache = prepare_traced(xla, jnp.asarray(0), jnp.asarray(1.0, "float32"),
+        ...                                 [np.dtype("float32")], 1e-3, 0.0, 0.9, 0.999, 1e-7,
+        ...                                 0.004)
+        >>> cache  # mu_1, as the host's prepare gives it
+        Array(0.45007348, dtype=float32)
+    """
+    if cache_dtype is None:
+        cache_dtype = momentum_cache.dtype
+    scalars: dict[Any, NadamScalars] = {}
+    next_cache = None
+    for dtype in dict.fromkeys([*dtypes, cache_dtype]):
+        lr = kernel.decayed_learning_rate(learning_rate, decay, iterations, dtype)
+        scalars[dtype], prod = kernel.nadam_scalars(
+            iterations, momentum_cache, lr, beta_1, beta_2, epsilon, schedule_decay, dtype
+        )
+        if dtype == cache_dtype:
+            next_cache = prod
+    return scalars, next_cache
+
+
 # --- stage 4: the kernels --------------------------------------------------------------------
 DenseHook = Callable[[Update, NadamScalars], None]
 SparseHook = Callable[[Update, NadamScalars], None]

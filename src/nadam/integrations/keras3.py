@@ -231,20 +231,13 @@ class Nadam(keras.optimizers.Optimizer):
         iterations = keras.ops.convert_to_tensor(self.iterations)
         learning_rate = keras.ops.convert_to_tensor(learning_rate)
         cache = keras.ops.convert_to_tensor(self._momentum_cache)
-        cache_dtype = _dtype_name(self._momentum_cache)
-        by_dtype: dict[str, Any] = {}
-        new_cache = None
         # Every dtype's scalars from the cache as it was; then the cache advances once, in
         # its own dtype, whatever the variables' dtypes (Keras 2's order).
-        for dtype in dict.fromkeys([*(_dtype_name(v) for v in trainable_variables),
-                                    cache_dtype]):
-            lr = kernel.decayed_learning_rate(learning_rate, self.decay, iterations, dtype)
-            by_dtype[dtype], prod = kernel.nadam_scalars(
-                iterations, cache, lr, self.beta_1, self.beta_2, self.epsilon,
-                self.schedule_decay, dtype,
-            )
-            if dtype == cache_dtype:
-                new_cache = prod
+        by_dtype, new_cache = engine.prepare_traced(
+            kernel, iterations, cache, [_dtype_name(v) for v in trainable_variables],
+            learning_rate, self.decay, self.beta_1, self.beta_2, self.epsilon,
+            self.schedule_decay, cache_dtype=_dtype_name(self._momentum_cache),
+        )
         self.assign(self._momentum_cache, new_cache)
         self._step_scalars.by_dtype = by_dtype
         try:

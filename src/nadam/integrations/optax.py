@@ -123,23 +123,10 @@ def nadam(
         ms, vs = treedef.flatten_up_to(state.m), treedef.flatten_up_to(state.v)
         _check_gradients(updates, grads, ms)
         count, cache = state.count, state.momentum_cache
-        lr = learning_rate_at(count)
-        scalars, new_cache = {}, None
-        # Once per dtype (and for the cache's dtype even when no parameter has it): the cache
-        # advances in its own dtype, as Keras's does.
-        for dtype in dict.fromkeys([np.dtype(g.dtype) for g in grads] + [np.dtype(cache.dtype)]):
-            scalars[dtype], prod = xla.nadam_scalars(
-                count,
-                cache,
-                xla.decayed_learning_rate(lr, decay, count, dtype),
-                beta_1,
-                beta_2,
-                epsilon,
-                schedule_decay,
-                dtype,
-            )
-            if dtype == cache.dtype:
-                new_cache = prod
+        scalars, new_cache = engine.prepare_traced(
+            xla, count, cache, [np.dtype(g.dtype) for g in grads], learning_rate_at(count),
+            decay, beta_1, beta_2, epsilon, schedule_decay,
+        )
         steps = [
             xla.dense_decrement(g, m, v, scalars[np.dtype(g.dtype)])
             for g, m, v in zip(grads, ms, vs, strict=True)
