@@ -45,7 +45,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from nadam import checks, engine
+from nadam import checks, engine, kernels
 from nadam.step_scalars import nadam_scalars as host_nadam_scalars
 
 _BACKENDS = ("jax", "tensorflow", "torch")
@@ -269,13 +269,7 @@ class Nadam(keras.optimizers.Optimizer):
         self.assign(variable, x)
 
     def _kernel(self) -> Any:
-        if self._backend_name == "tensorflow":
-            from nadam.kernels import tf_ops
-
-            return tf_ops
-        from nadam.kernels import xla
-
-        return xla
+        return kernels.traced(self._backend_name)
 
     def _engine_step(
         self, grads: Sequence[Any], variables: Sequence[Any], learning_rate: Any

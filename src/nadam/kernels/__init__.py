@@ -97,6 +97,30 @@ def select(backend: Any, device: str, dtype: np.dtype) -> KernelChoice:
     return KernelChoice("reference", reference.apply_dense, reference.apply_sparse)
 
 
+# The step inside a trace, per framework: modules with the same functions (`nadam_scalars`,
+# `decayed_learning_rate`, `dense_update`, `sparse_update`), imported only when asked for.
+_TRACED_KERNELS = {"jax": "nadam.kernels.xla", "tensorflow": "nadam.kernels.tf_ops"}
+
+
+def traced(framework: str) -> Any:
+    """The module that runs the step inside `framework`'s traces ("jax": `kernels.xla`,
+    "tensorflow": `kernels.tf_ops`); ValueError for another framework.
+
+    Example:
+        >>> traced("jax").__name__
+        'nadam.kernels.xla'
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(_TRACED_KERNELS[framework])
+    except KeyError:
+        raise ValueError(
+            f"No traced Nadam step for {framework!r}; there is one for "
+            f"{', '.join(sorted(_TRACED_KERNELS))}"
+        ) from None
+
+
 Chooser = Callable[[Any, str, np.dtype], KernelChoice | None]
 
 # Each chooser returns a KernelChoice for the groups it can run, else None.
