@@ -69,6 +69,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from nadam import checks
+from nadam.step_scalars import momentum_cache_after
 
 __all__ = ["KerasOptimizerState", "Slots", "load_keras_optimizer"]
 
@@ -713,7 +714,7 @@ def _tf_keras_new_state(
     config = _our_config(keras_config, schedule_decay=1.0, where=path)
     iterations = int(values["iteration:0"])
     dtype = next(iter(ms.values())).dtype
-    cache = _momentum_product(iterations, dtype, config["beta_1"], 1.0)
+    cache = np.asarray(momentum_cache_after(iterations, dtype, config["beta_1"], 1.0))
     warnings.warn(
         _KERAS3_SCHEDULE_WARNING.format(what="the newer tf_keras optimizer")
         + " Its file does not store the momentum product (u_product): the state's "
@@ -727,23 +728,6 @@ def _tf_keras_new_state(
         slots={name: Slots(ms[name], vs[name]) for name in ms},
         source="tf_keras-h5", path=path, model_weights=model_weights,
     )
-
-
-def _momentum_product(
-    iterations: int, dtype: np.dtype, beta_1: float, schedule_decay: float
-) -> np.ndarray:
-    """prod_{t=1..iterations} mu_t as the optimizer computes it step by step (in `dtype`,
-    subnormals flushed), stopping early once it is exactly 0."""
-    from nadam.step_scalars import nadam_scalars
-
-    dtype = np.dtype(dtype)
-    product = dtype.type(1)
-    for step in range(iterations):
-        _, product = nadam_scalars(dtype, step, product, beta_1=beta_1,
-                                   schedule_decay=schedule_decay)
-        if product == 0:
-            break
-    return np.asarray(product, dtype)
 
 
 # TensorFlow checkpoints and SavedModels --------------------------------------------------------

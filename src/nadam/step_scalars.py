@@ -319,3 +319,24 @@ def nadam_scalars(
     """
     return scalar_rule(host_ops(np.dtype(dtype)), iterations, momentum_cache, lr, beta_1,
                        beta_2, epsilon, schedule_decay)
+
+
+def momentum_cache_after(
+    steps: int, dtype: Any, beta_1: Any = 0.9, schedule_decay: float = 0.004
+) -> np.generic:
+    """The momentum cache after `steps` steps from a fresh start: prod_{t<=steps} mu_t in
+    `dtype`, op by op as each step computes it (exactly 0 once it underflows, and then for
+    good, so the loop stops there). For a run resumed from a state that kept no cache.
+
+    Example:
+        >>> print(momentum_cache_after(1, "float32"))
+        0.45007348
+    """
+    dtype = np.dtype(dtype)
+    cache = dtype.type(1)
+    for iterations in range(steps):
+        if cache == 0:
+            break
+        _, cache = nadam_scalars(dtype, iterations, cache, beta_1=beta_1,
+                                 schedule_decay=schedule_decay)
+    return cache

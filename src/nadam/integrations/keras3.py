@@ -46,7 +46,7 @@ import keras
 import numpy as np
 
 from nadam import checks, engine, kernels
-from nadam.step_scalars import nadam_scalars as host_nadam_scalars
+from nadam.step_scalars import momentum_cache_after
 
 _BACKENDS = ("jax", "tensorflow", "torch")
 
@@ -400,15 +400,7 @@ class Nadam(keras.optimizers.Optimizer):
             0.45007348
         """
         steps = checks.iteration_count(steps, "steps")
-        cache = np.dtype(dtype).type(1)
-        for iterations in range(steps):
-            if cache == 0:
-                break
-            _, cache = host_nadam_scalars(
-                dtype, iterations, cache, beta_1=self.beta_1, beta_2=self.beta_2,
-                epsilon=self.epsilon, schedule_decay=self.schedule_decay,
-            )
-        return cache
+        return momentum_cache_after(steps, dtype, self.beta_1, self.schedule_decay)
 
 
 # --- checks ----------------------------------------------------------------------------------
