@@ -54,6 +54,8 @@ def _bad_third(variables, bad):
         (jnp.ones((6, 2), jnp.float16), ValueError, "has dtype float16, but the variable"),
         (np.ones((6, 2), np.float64), ValueError, "has dtype float64, but the variable"),
         ("not a gradient", TypeError, "must be a JAX or NumPy array, got str"),
+        (np.ma.masked_array(np.ones((6, 2), np.float32), mask=True), TypeError,
+         "Gradient for variable 'table' is a masked array; its mask would be ignored"),
         (IndexedSlices(jnp.ones((1, 2)), jnp.asarray([6])), IndexError,
          "index 6 is out of range for variable 'table' with 6 rows"),
         (IndexedSlices(jnp.ones((1, 2)), jnp.asarray([-1])), IndexError, "index -1"),
@@ -64,7 +66,7 @@ def _bad_third(variables, bad):
         (IndexedSlices(jnp.ones((1, 2)), jnp.asarray([0]), dense_shape=(7, 2)), ValueError,
          r"dense_shape \(7, 2\) does not match variable 'table'"),
     ],
-    ids=["shape", "dtype", "numpy-dtype", "not-an-array", "index-high", "index-negative",
+    ids=["shape", "dtype", "numpy-dtype", "not-an-array", "masked", "index-high", "index-negative",
          "float-indices", "values-shape", "dense-shape"],
 )
 def test_a_bad_gradient_among_several_changes_nothing(trained, bad, error, message):

@@ -45,7 +45,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from nadam.backends.base import DenseGrad, SparseGrad
-from nadam.backends.numpy import NUMPY_BACKEND, TRAINABLE_DTYPES, checked_row_indices
+from nadam.backends.numpy import (
+    NUMPY_BACKEND,
+    TRAINABLE_DTYPES,
+    checked_dtype,
+    checked_host_array,
+    checked_row_indices,
+)
 from nadam.variables import IndexedSlices, Variable, track_reads
 
 
@@ -161,30 +167,19 @@ class JaxBackend:
         if isinstance(value, Variable):
             value = value._value
         dtype = self.dtype(var)
-        if is_jax_array(value) or isinstance(value, np.ndarray | np.generic):
-            if np.dtype(value.dtype) != dtype:
-                raise ValueError(
-                    f"{what} for variable {self.describe(var)} has dtype {value.dtype}, "
-                    f"but the variable has dtype {dtype}"
-                )
-            return value if is_jax_array(value) else jnp.asarray(value)
+
+        def name() -> str:
+            return self.describe(var)
+
+        if is_jax_array(value):
+            checked_dtype(value.dtype, dtype, name, what)
+            return value
         if isinstance(value, jax.core.Tracer):
             raise TypeError(
-                f"{what} for variable {self.describe(var)} is a traced value: apply_gradients "
-                "runs eagerly (call it outside jax.jit), or use nadam.optax.nadam under jit"
+                f"{what} for variable {name()} is a traced value: apply_gradients runs eagerly "
+                "(call it outside jax.jit), or use nadam.optax.nadam under jit"
             )
-        if isinstance(value, bool) or not isinstance(value, int | float | list | tuple):
-            raise TypeError(
-                f"{what} for variable {self.describe(var)} must be a JAX or NumPy array, "
-                f"got {type(value).__name__}"
-            )
-        try:
-            # Python numbers carry no dtype of their own: they take the variable's.
-            return jnp.asarray(np.asarray(value, dtype=dtype))
-        except (TypeError, ValueError) as error:
-            raise TypeError(
-                f"{what} for variable {self.describe(var)} is not numeric: {error}"
-            ) from error
+        return jnp.asarray(checked_host_array(value, dtype, name, what, "a JAX or NumPy array"))
 
     def gradient(self, grad: Any, var: Any) -> DenseGrad | SparseGrad:
         if isinstance(grad, IndexedSlices):

@@ -7,7 +7,7 @@ differentiates a loss written with `autograd.numpy` over `Variable.value`.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -131,32 +131,7 @@ class NumpyBackend:
     def _as_array(self, value: Any, var: Any, what: str) -> np.ndarray:
         if isinstance(value, Variable):
             value = value._value
-        dtype = self.dtype(var)
-        if isinstance(value, np.ma.MaskedArray):
-            raise TypeError(
-                f"{what} for variable {self.describe(var)} is a masked array; its mask would be "
-                "ignored. Pass a plain array (e.g. `.filled(0)`)"
-            )
-        if isinstance(value, np.ndarray | np.generic):
-            array = np.asarray(value)
-            if array.dtype != dtype:
-                raise ValueError(
-                    f"{what} for variable {self.describe(var)} has dtype {array.dtype}, "
-                    f"but the variable has dtype {dtype}"
-                )
-            return array
-        if isinstance(value, bool) or not isinstance(value, int | float | list | tuple):
-            raise TypeError(
-                f"{what} for variable {self.describe(var)} must be a NumPy array, "
-                f"got {type(value).__name__}"
-            )
-        try:
-            # Python numbers carry no dtype of their own: they take the variable's.
-            return np.asarray(value, dtype=dtype)
-        except (TypeError, ValueError) as error:
-            raise TypeError(
-                f"{what} for variable {self.describe(var)} is not numeric: {error}"
-            ) from error
+        return checked_host_array(value, self.dtype(var), lambda: self.describe(var), what)
 
     def gradient(self, grad: Any, var: Any) -> DenseGrad | SparseGrad:
         if type(grad) is np.ndarray:
@@ -314,6 +289,49 @@ class NumpyBackend:
             np.asarray(grad, dtype=var.dtype) if id(var) in reads else None
             for var, grad in zip(variables, grads, strict=True)
         ]
+
+
+def checked_dtype(actual: Any, dtype: np.dtype, describe: Callable[[], str], what: str) -> None:
+    """ValueError unless an array's dtype is its variable's (`describe()` names the variable,
+    called only for the message): nothing is cast."""
+    if np.dtype(actual) != dtype:
+        raise ValueError(
+            f"{what} for variable {describe()} has dtype {actual}, but the variable has dtype "
+            f"{dtype}"
+        )
+
+
+def checked_host_array(
+    value: Any, dtype: np.dtype, describe: Callable[[], str], what: str,
+    expected: str = "a NumPy array",
+) -> np.ndarray:
+    """`value` (a gradient, sparse values...) as a NumPy array of its variable's `dtype`
+    (`describe()` names the variable in messages):
+    an array of that dtype as it is, Python numbers and lists converted to it; TypeError for
+    anything else (a masked array, whose mask would be ignored; non-numbers), ValueError for
+    an array of another dtype.
+
+    Example:
+        >>> checked_host_array([1, 2], np.dtype("float32"), lambda: "'w'", "Gradient")
+        array([1., 2.], dtype=float32)
+    """
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(
+            f"{what} for variable {describe()} is a masked array; its mask would be ignored. "
+            "Pass a plain array (e.g. `.filled(0)`)"
+        )
+    if isinstance(value, np.ndarray | np.generic):
+        array = np.asarray(value)
+        checked_dtype(array.dtype, dtype, describe, what)
+        return array
+    if isinstance(value, bool) or not isinstance(value, int | float | list | tuple):
+        raise TypeError(f"{what} for variable {describe()} must be {expected}, got "
+                        f"{type(value).__name__}")
+    try:
+        # Python numbers carry no dtype of their own: they take the variable's.
+        return np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{what} for variable {describe()} is not numeric: {error}") from error
 
 
 def checked_row_indices(
