@@ -24,3 +24,17 @@ def test_equals_the_cache_of_real_steps(dtype, beta_1, schedule_decay):
         assert got.tobytes() == np.asarray(caches[steps], dtype).tobytes(), steps
     if dtype is np.float32 and schedule_decay == 0.004:
         assert momentum_cache_after(130, dtype) == 0  # underflowed, and stays 0
+
+
+@pytest.mark.parametrize(
+    ("steps", "dtype", "error", "message"),
+    [
+        (-1, "float32", ValueError, "Expected steps in"),
+        (2.5, "float32", ValueError, "Expected steps to be a whole number"),
+        (3, "int32", TypeError, "float16, float32 or float64, received: 'int32'"),
+        (3, "no such dtype", TypeError, "received: 'no such dtype'"),
+    ],
+)
+def test_bad_steps_or_dtype_are_clear_errors(steps, dtype, error, message):
+    with pytest.raises(error, match=message):
+        momentum_cache_after(steps, dtype)

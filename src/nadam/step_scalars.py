@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from nadam import tf_math
+from nadam import checks, tf_math
 from nadam.kernels import NadamScalars
 
 _DECAY_BASE = np.float32(0.96)  # Keras casts the literal 0.96 from float32.
@@ -321,6 +321,9 @@ def nadam_scalars(
                        beta_2, epsilon, schedule_decay)
 
 
+_CACHE_DTYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
+
+
 def momentum_cache_after(
     steps: int, dtype: Any, beta_1: Any = 0.9, schedule_decay: float = 0.004
 ) -> np.generic:
@@ -328,15 +331,25 @@ def momentum_cache_after(
     `dtype`, op by op as each step computes it (exactly 0 once it underflows, and then for
     good, so the loop stops there). For a run resumed from a state that kept no cache.
 
+    `steps` must be a whole number >= 0 (ValueError) and `dtype` float16, float32 or float64
+    (TypeError): the dtypes a cache is kept in.
+
     Example:
         >>> print(momentum_cache_after(1, "float32"))
         0.45007348
     """
-    dtype = np.dtype(dtype)
-    cache = dtype.type(1)
+    steps = checks.iteration_count(steps, "steps")
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved not in _CACHE_DTYPES:
+        raise TypeError(f"Expected the momentum cache's dtype to be float16, float32 or float64, "
+                        f"received: {dtype!r}")
+    cache = resolved.type(1)
     for iterations in range(steps):
         if cache == 0:
             break
-        _, cache = nadam_scalars(dtype, iterations, cache, beta_1=beta_1,
+        _, cache = nadam_scalars(resolved, iterations, cache, beta_1=beta_1,
                                  schedule_decay=schedule_decay)
     return cache

@@ -399,7 +399,6 @@ class Nadam(keras.optimizers.Optimizer):
             >>> print(Nadam().momentum_cache_after(1))
             0.45007348
         """
-        steps = checks.iteration_count(steps, "steps")
         return momentum_cache_after(steps, dtype, self.beta_1, self.schedule_decay)
 
 
