@@ -411,8 +411,22 @@ def test_a_float64_cache_needs_jax_64_bit_mode():
 def test_to_keras_weights_checks_that_the_state_is_for_these_params():
     params = {"w": jnp.ones(4)}
     state = optax_nadam().init(params)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="params do not have the structure of the state"):
         to_keras_weights(state, {"w": jnp.ones(4), "b": jnp.ones(2)})
+
+
+@pytest.mark.parametrize("state", ["not a state", (None,), None])
+def test_to_keras_weights_refuses_what_is_not_our_state(state):
+    with pytest.raises(TypeError, match="Expected state to be the NadamState of nadam.optax"):
+        to_keras_weights(state, {"w": jnp.ones(4)})
+
+
+def test_to_keras_weights_names_the_chain_element_to_pass():
+    params = {"w": jnp.ones(4)}
+    chained = optax.chain(optax.clip(1.0), optax_nadam()).init(params)
+    with pytest.raises(TypeError, match="inside optax.chain, its own element"):
+        to_keras_weights(chained, params)
+    assert len(to_keras_weights(chained[1], params)) == 4
 
 
 def test_gradients_flow_through_the_step_as_through_the_plain_formula():

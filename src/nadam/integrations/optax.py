@@ -216,8 +216,19 @@ def to_keras_weights(state: NadamState, params: optax.Params) -> list[np.ndarray
         >>> [w.shape for w in to_keras_weights(nadam().init(params), params)]
         [(), (), (2,), (2,)]
     """
+    if not isinstance(state, NadamState):
+        raise TypeError(
+            f"Expected state to be the NadamState of nadam.optax.nadam (inside optax.chain, "
+            f"its own element of the chain's state), received: "
+            f"{type(state).__module__}.{type(state).__qualname__}"
+        )
     _, treedef = jax.tree.flatten(params)
-    ms, vs = treedef.flatten_up_to(state.m), treedef.flatten_up_to(state.v)
+    try:
+        ms, vs = treedef.flatten_up_to(state.m), treedef.flatten_up_to(state.v)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"params do not have the structure of the state's m and v: {error}"
+        ) from None
     return [
         np.asarray(state.count, np.int64),
         np.asarray(state.momentum_cache),
